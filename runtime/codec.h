@@ -99,4 +99,46 @@ void codec_index_cfunctions(lua_State *L);
  * limits(...). Defined in bindings/lcodec.c. */
 int luaopen_actor_codec(lua_State *L);
 
+/* ---- Additions (beyond the original interface) ------------------------ */
+
+/* Ext type codes used for Lua-only values (docs/codec.md). Codes 1..15 are
+ * reserved by the codec; -1 is msgpack's timestamp. */
+enum {
+  CODEC_EXT_REF = 1,        /* fixext4: uint32 BE index of an earlier object */
+  CODEC_EXT_FUNCTION = 2,   /* ext32: str bytecode, uint nups, nups values */
+  CODEC_EXT_CFUNCTION = 3,  /* ext: the function's name, e.g. "string.format" */
+  CODEC_EXT_METATABLE = 4,  /* ext32: str name, then the table */
+  CODEC_EXT_SERIALIZED = 5, /* ext32: str name, then serialize(v)'s result */
+  CODEC_EXT_GLOBALS = 6,    /* fixext1 (0): the destination's globals table */
+  CODEC_EXT_UPREF = 7,      /* fixext4: uint32 BE index of an earlier upvalue */
+  CODEC_EXT_LAST = 7,
+  CODEC_EXT_RESERVED_MIN = 1,
+  CODEC_EXT_RESERVED_MAX = 15
+};
+
+/* Names of the built-in metatables of decoded timestamps ({sec=, nsec=})
+ * and unknown ext values ({type=, data=}). */
+#define CODEC_MT_TIMESTAMP "msgpack.timestamp"
+#define CODEC_MT_EXT "msgpack.ext"
+
+/* Flags for the current message, set after codec_enc_begin (which clears
+ * them). CODEC_DROP_METATABLES: send tables with an unregistered metatable
+ * as plain tables instead of failing. */
+#define CODEC_DROP_METATABLES 1u
+void codec_enc_set_flags(codec_enc *e, unsigned flags);
+
+/* Per-state limits, as set by actor.codec.limits{} (defaults otherwise).
+ * Runtimes should use these when encoding/decoding for that state. Raise
+ * only on memory errors. max_depth is capped at 5000. */
+void codec_limits_of(lua_State *L, codec_limits *lim);
+void codec_limits_set(lua_State *L, const codec_limits *lim);
+
+/* Registers metatable at stack index mt under name; hooks is 0 or the stack
+ * index of a table {serialize=f, deserialize=f}. Returns -1 for reserved
+ * names ("msgpack.*"), else 0. Raises only on memory errors. */
+int codec__register(lua_State *L, const char *name, int mt, int hooks);
+void codec__registry_init(lua_State *L);
+codec_buf *codec__enc_scratch(codec_enc *e);
+int *codec__enc_busy(codec_enc *e);
+
 #endif
