@@ -1,0 +1,203 @@
+/*
+ * codec_bench.c -- encode+decode cost of the codec against msgpack-c doing
+ * the equivalent work directly from C (the floor).
+ *
+ *   codec_bench [--smoke] [runs]
+ *
+ * Payloads: (a) an array of 1000 small maps, (b) a closure with 5 upvalues,
+ * (c) a 1 MB string. Each figure is the median over `runs` runs (default 5)
+ * of the mean time of one encode+decode round, in microseconds. Prints
+ * `RESULT <name> <value> <unit>` lines (tests/bench/run.sh convention) and
+ * the ratio codec/floor for each payload.
+ */
+#include <lauxlib.h>
+#include <lualib.h>
+#include <msgpack.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codec.h"
+
+static double now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* ---- codec side ---------------------------------------------------------- */
+
+static void codec_round(lua_State *L, codec_enc *e, codec_buf *b, int trusted) {
+  b->len = 0;
+  codec_enc_begin(e, b, NULL);
+  if (codec_enc_value(e, L, -1, "payload") != 0) {
+    fprintf(stderr, "encode: %s\n", lua_tostring(L, -1));
+    exit(1);
+  }
+  codec_dec_opts o;
+  o.trusted = trusted;
+  codec_limits_default(&o.lim);
+  if (codec_decode(L, b->data, b->len, &o) != 1) {
+    fprintf(stderr, "decode: %s\n", lua_tostring(L, -1));
+    exit(1);
+  }
+  lua_pop(L, 1);
+}
+
+/* ---- msgpack-c side (the floor) ----------------------------------------- */
+
+static void floor_a(msgpack_sbuffer *sb, msgpack_unpacked *u) {
+  msgpack_sbuffer_clear(sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+  msgpack_pack_array(&pk, 1000);
+  char name[32];
+  for (int i = 1; i <= 1000; i++) {
+    msgpack_pack_map(&pk, 4);
+    msgpack_pack_str_with_body(&pk, "id", 2);
+    msgpack_pack_int64(&pk, i);
+    int n = snprintf(name, sizeof name, "item%d", i);
+    msgpack_pack_str_with_body(&pk, "name", 4);
+    msgpack_pack_str_with_body(&pk, name, (size_t)n);
+    msgpack_pack_str_with_body(&pk, "score", 5);
+    msgpack_pack_double(&pk, i * 0.5);
+    msgpack_pack_str_with_body(&pk, "ok", 2);
+    msgpack_pack_true(&pk);
+  }
+  size_t off = 0;
+  if (msgpack_unpack_next(u, sb->data, sb->size, &off) != MSGPACK_UNPACK_SUCCESS) exit(2);
+}
+
+/* The closure's equivalent: its bytecode as bin plus the five values. */
+static void floor_b(msgpack_sbuffer *sb, msgpack_unpacked *u, const char *bc, size_t bn) {
+  msgpack_sbuffer_clear(sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+  msgpack_pack_array(&pk, 2);
+  msgpack_pack_bin_with_body(&pk, bc, bn);
+  msgpack_pack_array(&pk, 5);
+  msgpack_pack_int64(&pk, 1);
+  msgpack_pack_str_with_body(&pk, "two", 3);
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_int64(&pk, 3);
+  msgpack_pack_double(&pk, 4.5);
+  msgpack_pack_true(&pk);
+  size_t off = 0;
+  if (msgpack_unpack_next(u, sb->data, sb->size, &off) != MSGPACK_UNPACK_SUCCESS) exit(2);
+}
+
+static void floor_c(msgpack_sbuffer *sb, msgpack_unpacked *u, const char *s, size_t n) {
+  msgpack_sbuffer_clear(sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+  msgpack_pack_str_with_body(&pk, s, n);
+  size_t off = 0;
+  if (msgpack_unpack_next(u, sb->data, sb->size, &off) != MSGPACK_UNPACK_SUCCESS) exit(2);
+}
+
+static int dump_to_buf(lua_State *L, const void *p, size_t sz, void *ud) {
+  (void)L;
+  return codec_buf_append(ud, p, sz);
+}
+
+int main(int argc, char **argv) {
+  int smoke = 0, runs = 5;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--smoke") == 0) smoke = 1;
+    else runs = atoi(argv[i]);
+  }
+  if (runs < 3) runs = 3;
+  if (smoke) runs = 3;
+  int iters[3] = {smoke ? 3 : 300, smoke ? 3 : 20000, smoke ? 2 : 300};
+
+  lua_State *L = luaL_newstate();
+  luaL_openlibs(L);
+  luaL_requiref(L, "actor.codec", luaopen_actor_codec, 0);
+  lua_pop(L, 1);
+  codec_index_cfunctions(L);
+  const char *setup =
+      "A = {} for i = 1, 1000 do A[i] = {id = i, name = 'item' .. i, score = i * 0.5, ok = true} end\n"
+      "local a, b, c, d, e = 1, 'two', {3}, 4.5, true\n"
+      "B = function(x) return a + x, b, c[1], d, e end\n"
+      "C = string.rep('x', 1 << 20)\n";
+  if (luaL_dostring(L, setup) != LUA_OK) {
+    fprintf(stderr, "%s\n", lua_tostring(L, -1));
+    return 1;
+  }
+  codec_enc *e = codec_enc_get(L);
+  codec_buf b, bc;
+  codec_buf_init(&b);
+  codec_buf_init(&bc);
+  lua_getglobal(L, "B");
+  lua_dump(L, dump_to_buf, &bc, 0);
+  lua_pop(L, 1);
+  lua_getglobal(L, "C");
+  size_t cn;
+  const char *cs = lua_tolstring(L, -1, &cn);
+  lua_pop(L, 1); /* C stays alive as a global */
+
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_unpacked u;
+  msgpack_unpacked_init(&u);
+
+  static const char *const names[3] = {"a", "b", "c"};
+  static const char *const globals[3] = {"A", "B", "C"};
+  double *codec_t[3], *floor_t[3];
+  for (int p = 0; p < 3; p++) {
+    codec_t[p] = calloc((size_t)runs, sizeof(double));
+    floor_t[p] = calloc((size_t)runs, sizeof(double));
+  }
+  /* Runs are interleaved so drift hits both sides alike; one warm-up round
+   * each first. */
+  for (int r = -1; r < runs; r++) {
+    for (int p = 0; p < 3; p++) {
+      int n = r < 0 ? 1 : iters[p];
+      lua_getglobal(L, globals[p]);
+      double t0 = now_us();
+      for (int i = 0; i < n; i++) codec_round(L, e, &b, p == 1);
+      double t1 = now_us();
+      lua_pop(L, 1);
+      for (int i = 0; i < n; i++) {
+        if (p == 0) floor_a(&sb, &u);
+        else if (p == 1) floor_b(&sb, &u, bc.data, bc.len);
+        else floor_c(&sb, &u, cs, cn);
+      }
+      double t2 = now_us();
+      if (r >= 0) {
+        codec_t[p][r] = (t1 - t0) / n;
+        floor_t[p][r] = (t2 - t1) / n;
+      }
+      lua_gc(L, LUA_GCSTEP, 0);
+    }
+  }
+  static const char *const what[3] = {"1000-element array of small maps", "closure with 5 upvalues",
+                                      "1 MB string"};
+  for (int p = 0; p < 3; p++) {
+    double c = median(codec_t[p], runs), f = median(floor_t[p], runs);
+    printf("# (%s) %s: codec %.2f us, msgpack-c %.2f us, ratio %.2f (median of %d runs)\n", names[p], what[p],
+           c, f, c / f, runs);
+    printf("RESULT codec_%s_us %.3f us\n", names[p], c);
+    printf("RESULT codec_%s_floor_us %.3f us\n", names[p], f);
+    printf("RESULT codec_%s_ratio %.3f x\n", names[p], c / f);
+    free(codec_t[p]);
+    free(floor_t[p]);
+  }
+  msgpack_unpacked_destroy(&u);
+  msgpack_sbuffer_destroy(&sb);
+  codec_buf_fini(&b);
+  codec_buf_fini(&bc);
+  lua_close(L);
+  return 0;
+}

@@ -1,0 +1,437 @@
+/*
+ * test_codec.c -- unit tests of runtime/codec.c (cmocka).
+ *
+ * Hand-written msgpack vectors from the spec check every format family;
+ * round trips go between two separate lua_States, as they do between a
+ * scheduler and a pool worker.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "codec.h"
+
+static lua_State *new_state(void) {
+  lua_State *L = luaL_newstate();
+  luaL_openlibs(L);
+  luaL_requiref(L, "actor.codec", luaopen_actor_codec, 0);
+  lua_pop(L, 1);
+  codec_index_cfunctions(L);
+  return L;
+}
+
+static int setup(void **st) {
+  lua_State **Ls = test_malloc(2 * sizeof *Ls);
+  Ls[0] = new_state();
+  Ls[1] = new_state();
+  *st = Ls;
+  return 0;
+}
+
+static int teardown(void **st) {
+  lua_State **Ls = *st;
+  lua_close(Ls[0]);
+  lua_close(Ls[1]);
+  test_free(Ls);
+  return 0;
+}
+
+static codec_dec_opts untrusted(void) {
+  codec_dec_opts o;
+  o.trusted = 0;
+  codec_limits_default(&o.lim);
+  return o;
+}
+
+static codec_dec_opts trusted(void) {
+  codec_dec_opts o = untrusted();
+  o.trusted = 1;
+  return o;
+}
+
+/* Runs Lua code; fails the test on error. */
+static void run(lua_State *L, const char *code) {
+  if (luaL_dostring(L, code) != LUA_OK) fail_msg("lua: %s", lua_tostring(L, -1));
+}
+
+/* Decodes exactly one value from a hand-written vector into L and checks
+ * that the Lua expression `check` (with the value as `v`) is true. */
+static void vec(lua_State *L, const char *bytes, size_t n, const char *check) {
+  codec_dec_opts o = untrusted();
+  int top = lua_gettop(L);
+  int r = codec_decode(L, bytes, n, &o);
+  if (r != 1) fail_msg("decode of %s returned %d: %s", check, r, r < 0 ? lua_tostring(L, -1) : "");
+  lua_setglobal(L, "v");
+  char code[512];
+  snprintf(code, sizeof code, "assert(%s, [==[vector check failed: %s]==])", check, check);
+  run(L, code);
+  assert_int_equal(lua_gettop(L), top);
+}
+
+#define VEC(L, lit, check) vec(L, lit, sizeof(lit) - 1, check)
+
+static void test_vectors_scalars(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  VEC(L, "\xc0", "v == nil");
+  VEC(L, "\xc2", "v == false");
+  VEC(L, "\xc3", "v == true");
+  VEC(L, "\x00", "math.type(v) == 'integer' and v == 0");
+  VEC(L, "\x7f", "v == 127");
+  VEC(L, "\xe0", "v == -32");
+  VEC(L, "\xff", "v == -1");
+  VEC(L, "\xcc\xff", "v == 255");
+  VEC(L, "\xcd\xff\xff", "v == 65535");
+  VEC(L, "\xce\xff\xff\xff\xff", "v == 4294967295");
+  VEC(L, "\xcf\x7f\xff\xff\xff\xff\xff\xff\xff", "v == math.maxinteger");
+  VEC(L, "\xcf\xff\xff\xff\xff\xff\xff\xff\xff", "math.type(v) == 'float' and v == 2.0^64");
+  VEC(L, "\xcf\x80\x00\x00\x00\x00\x00\x00\x00", "math.type(v) == 'float' and v == 2.0^63");
+  VEC(L, "\xd0\x80", "v == -128");
+  VEC(L, "\xd1\x80\x00", "v == -32768");
+  VEC(L, "\xd2\x80\x00\x00\x00", "v == -2147483648");
+  VEC(L, "\xd3\x80\x00\x00\x00\x00\x00\x00\x00", "v == math.mininteger");
+  VEC(L, "\xca\x3f\xc0\x00\x00", "math.type(v) == 'float' and v == 1.5");
+  VEC(L, "\xca\xff\x80\x00\x00", "v == -1/0");
+  VEC(L, "\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00", "math.type(v) == 'float' and v == 1.0");
+  VEC(L, "\xcb\x80\x00\x00\x00\x00\x00\x00\x00", "v == 0 and 1/v == -1/0");
+  VEC(L, "\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00", "v ~= v");
+}
+
+static void test_vectors_strings(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  VEC(L, "\xa0", "v == ''");
+  VEC(L, "\xa3" "abc", "v == 'abc'");
+  VEC(L, "\xd9\x03" "a\0c", "v == 'a\\0c'");
+  VEC(L, "\xda\x00\x02" "\xff\xfe", "v == '\\xff\\xfe'");
+  VEC(L, "\xdb\x00\x00\x00\x01" "z", "v == 'z'");
+  VEC(L, "\xc4\x02" "\x00\x01", "v == '\\0\\1'");
+  VEC(L, "\xc5\x00\x01" "q", "v == 'q'");
+  VEC(L, "\xc6\x00\x00\x00\x00", "v == ''");
+}
+
+static void test_vectors_containers(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  VEC(L, "\x90", "type(v) == 'table' and next(v) == nil");
+  VEC(L, "\x93\x01\x02\x03", "#v == 3 and v[3] == 3");
+  VEC(L, "\xdc\x00\x02\xc3\xc2", "v[1] == true and v[2] == false");
+  VEC(L, "\xdd\x00\x00\x00\x01\xa1x", "v[1] == 'x'");
+  VEC(L, "\x81\xa1k\xa1v", "v.k == 'v'");
+  VEC(L, "\xde\x00\x01\x01\x02", "v[1] == 2");
+  VEC(L, "\xdf\x00\x00\x00\x01\xc3\x01", "v[true] == 1");
+  VEC(L, "\x92\x91\x90\x80", "type(v[1][1]) == 'table' and type(v[2]) == 'table'");
+}
+
+static void test_vectors_ext(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  VEC(L, "\xd4\x20\x01", "v.type == 32 and v.data == '\\1' and getmetatable(v).__name == 'msgpack.ext'");
+  VEC(L, "\xd5\x20\x01\x02", "v.type == 32 and #v.data == 2");
+  VEC(L, "\xd6\x20" "abcd", "v.data == 'abcd'");
+  VEC(L, "\xd7\x80" "abcdefgh", "v.type == -128 and v.data == 'abcdefgh'");
+  VEC(L, "\xd8\x7f" "0123456789abcdef", "v.type == 127 and #v.data == 16");
+  VEC(L, "\xc7\x00\x11", "v.type == 17 and v.data == ''");
+  VEC(L, "\xc8\x00\x01\x11z", "v.data == 'z'");
+  VEC(L, "\xc9\x00\x00\x00\x01\x11z", "v.data == 'z'");
+  /* Timestamps in their three forms. */
+  VEC(L, "\xd6\xff\x00\x00\x00\x05", "v.sec == 5 and v.nsec == 0 and getmetatable(v).__name == 'msgpack.timestamp'");
+  /* 64-bit: nsec = 1 (<< 34), sec = 2. */
+  VEC(L, "\xd7\xff\x00\x00\x00\x04\x00\x00\x00\x02", "v.sec == 2 and v.nsec == 1");
+  VEC(L, "\xc7\x0c\xff\x00\x00\x00\x07\xff\xff\xff\xff\xff\xff\xff\xff", "v.sec == -1 and v.nsec == 7");
+}
+
+/* Encodes the Lua expression in L and compares the bytes. */
+static void enc_is(lua_State *L, const char *expr, const char *want, size_t wn) {
+  char code[256];
+  snprintf(code, sizeof code, "return %s", expr);
+  run(L, code);
+  codec_buf b;
+  codec_buf_init(&b);
+  codec_enc *e = codec_enc_get(L);
+  codec_enc_begin(e, &b, NULL);
+  if (codec_enc_value(e, L, -1, "x") != 0) fail_msg("%s: %s", expr, lua_tostring(L, -1));
+  lua_pop(L, 1);
+  if (b.len != wn || memcmp(b.data, want, wn) != 0) fail_msg("encoding of %s differs (%zu bytes)", expr, b.len);
+  codec_buf_fini(&b);
+}
+
+#define ENC(L, expr, lit) enc_is(L, expr, lit, sizeof(lit) - 1)
+
+static void test_encode_forms(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  ENC(L, "0", "\x00");
+  ENC(L, "-1", "\xff");
+  ENC(L, "200", "\xcc\xc8");
+  ENC(L, "-200", "\xd1\xff\x38");
+  ENC(L, "70000", "\xce\x00\x01\x11\x70");
+  ENC(L, "math.maxinteger", "\xcf\x7f\xff\xff\xff\xff\xff\xff\xff");
+  ENC(L, "math.mininteger", "\xd3\x80\x00\x00\x00\x00\x00\x00\x00");
+  ENC(L, "1.0", "\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00");
+  ENC(L, "-0.0", "\xcb\x80\x00\x00\x00\x00\x00\x00\x00");
+  ENC(L, "'ab'", "\xa2" "ab");
+  ENC(L, "{}", "\x90");
+  ENC(L, "{1, 'a'}", "\x92\x01\xa1" "a");
+  ENC(L, "{[2] = 1}", "\x81\x02\x01");
+  ENC(L, "{1, nil, 3}", "\x82\x01\x01\x03\x03");
+  ENC(L, "require'actor.codec'.timestamp(1)", "\xd6\xff\x00\x00\x00\x01");
+  ENC(L, "require'actor.codec'.ext(42, 'x')", "\xd4\x2a" "x");
+  ENC(L, "(function() local t = {} return {t, t} end)()", "\x92\x90\xd6\x01\x00\x00\x00\x01");
+}
+
+/* Every strict prefix of a valid message must fail cleanly. */
+static void test_truncated(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  static const struct {
+    const char *b;
+    size_t n;
+  } msgs[] = {
+      {"\xcf\xff\xff\xff\xff\xff\xff\xff\xff", 9}, {"\xdb\x00\x00\x00\x03" "abc", 8},
+      {"\xc6\x00\x00\x00\x01" "z", 6},             {"\xdd\x00\x00\x00\x02\x01\x02", 7},
+      {"\xdf\x00\x00\x00\x01\xa1k\xa1v", 9},       {"\xc9\x00\x00\x00\x01\x11z", 7},
+      {"\xd8\x7f" "0123456789abcdef", 18},         {"\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00", 9},
+      {"\x92\x91\x90\x81\x01\x02", 6},
+  };
+  codec_dec_opts o = untrusted();
+  for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++) {
+    assert_int_equal(codec_decode(L, msgs[i].b, msgs[i].n, &o), 1);
+    lua_pop(L, 1);
+    for (size_t n = 1; n < msgs[i].n; n++) {
+      int top = lua_gettop(L);
+      assert_int_equal(codec_decode(L, msgs[i].b, n, &o), -1);
+      assert_int_equal(lua_gettop(L), top + 1);
+      assert_non_null(strstr(lua_tostring(L, -1), "truncated msgpack"));
+      assert_non_null(strstr(lua_tostring(L, -1), "offset"));
+      lua_pop(L, 1);
+    }
+  }
+  assert_int_equal(codec_decode(L, "\xdb\x00\x00\x00\x64" "ab", 7, &o), -1);
+  assert_string_equal(lua_tostring(L, -1), "truncated msgpack: str32 needs 100 bytes at offset 0, 2 left");
+  lua_pop(L, 1);
+  assert_int_equal(codec_decode(L, "\xc1", 1, &o), -1);
+  assert_string_equal(lua_tostring(L, -1), "invalid msgpack: byte 0xc1 at offset 0");
+  lua_pop(L, 1);
+}
+
+static void test_huge_counts_fail_fast(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  codec_dec_opts o = untrusted();
+  const char a32[] = "\xdd\xff\xff\xff\xff\x01\x02\x03\x04\x05";
+  assert_int_equal(codec_decode(L, a32, 10, &o), -1);
+  assert_non_null(strstr(lua_tostring(L, -1), "array of 4294967295 elements"));
+  lua_pop(L, 1);
+  const char m32[] = "\xdf\x00\x00\x00\x03\x01\x02\x03\x04\x05";
+  assert_int_equal(codec_decode(L, m32, 10, &o), -1);
+  lua_pop(L, 1);
+  const char s32[] = "\xdb\xff\xff\xff\xff\x00";
+  assert_int_equal(codec_decode(L, s32, 6, &o), -1);
+  lua_pop(L, 1);
+}
+
+/* Encodes the Lua expression in L[0], decodes it in L[1] as global `v` and
+ * checks `check` there. Returns nothing; fails the test on error. */
+static void cross(void **st, const char *expr, const char *check) {
+  lua_State *A = ((lua_State **)*st)[0], *B = ((lua_State **)*st)[1];
+  char code[1024];
+  snprintf(code, sizeof code, "return %s", expr);
+  run(A, code);
+  codec_buf b;
+  codec_buf_init(&b);
+  codec_enc *e = codec_enc_get(A);
+  codec_enc_begin(e, &b, NULL);
+  if (codec_enc_value(e, A, -1, "v") != 0) fail_msg("%s: %s", expr, lua_tostring(A, -1));
+  lua_pop(A, 1);
+  codec_dec_opts o = trusted();
+  int n = codec_decode(B, b.data, b.len, &o);
+  if (n != 1) fail_msg("%s: decode gave %d: %s", expr, n, n < 0 ? lua_tostring(B, -1) : "");
+  lua_setglobal(B, "v");
+  snprintf(code, sizeof code, "assert(%s, [==[check failed: %s]==])", check, check);
+  run(B, code);
+  codec_buf_fini(&b);
+}
+
+static void test_cross_state_data(void **st) {
+  cross(st, "{1, 2.0, 'x\\0y', true, math.maxinteger, -0.0, 1/0}",
+        "v[1] == 1 and math.type(v[2]) == 'float' and v[3] == 'x\\0y' and v[4] and v[5] == math.maxinteger "
+        "and 1/v[6] == -1/0 and v[7] == 1/0");
+  cross(st, "0/0", "v ~= v");
+  cross(st, "string.rep('\\255', 3 << 20)", "#v == 3 << 20 and v:byte(-1) == 255");
+  cross(st, "(function() local t = {a = {}} t.b = t.a t.self = t return t end)()",
+        "v.a == v.b and v.self == v");
+  cross(st, "(function() local k = {} return {[k] = 'x', k = k, [1.5] = 2, [false] = 3} end)()",
+        "v[v.k] == 'x' and v[1.5] == 2 and v[false] == 3");
+  cross(st, "{[1] = 1, [3] = 3}", "v[1] == 1 and v[3] == 3 and v[2] == nil");
+}
+
+static void test_cross_state_functions(void **st) {
+  lua_State *A = ((lua_State **)*st)[0], *B = ((lua_State **)*st)[1];
+  run(A, "marker = 'A'");
+  run(B, "marker = 'B'");
+  /* _ENV binds to the destination's globals; upvalues come along. */
+  cross(st, "(function() local n, t = 40, {k = 2} return function() return marker, n + t.k end end)()",
+        "select(1, v()) == 'B' and select(2, v()) == 42");
+  /* Shared upvalues stay shared. */
+  cross(st,
+        "(function() local c = 0 return {inc = function() c = c + 1 end, get = function() return c end} end)()",
+        "(function() v.inc() v.inc() return v.get() == 2 end)()");
+  /* C functions by name, including nested library functions. */
+  cross(st, "{string.format, print, math.floor}",
+        "v[1] == string.format and v[2] == print and v[3] == math.floor");
+  /* Recursion through an upvalue and line numbers in errors. */
+  cross(st, "(function() local function f(n) if n == 0 then error('deep') end return f(n - 1) end return f end)()",
+        "select(2, pcall(v, 3)):find(':1: deep') ~= nil");
+}
+
+static void expect_enc_error(lua_State *L, const char *expr, const char *where, const char *msg) {
+  char code[512];
+  snprintf(code, sizeof code, "return %s", expr);
+  run(L, code);
+  codec_buf b;
+  codec_buf_init(&b);
+  codec_enc *e = codec_enc_get(L);
+  codec_enc_begin(e, &b, NULL);
+  int top = lua_gettop(L);
+  assert_int_equal(codec_enc_value(e, L, -1, where), -1);
+  assert_int_equal(lua_gettop(L), top + 1);
+  assert_string_equal(lua_tostring(L, -1), msg);
+  lua_pop(L, 2);
+  codec_buf_fini(&b);
+}
+
+static void test_encode_errors(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  expect_enc_error(L, "(function() local co = coroutine.create(print) return function() return co end end)()",
+                   "closure (argument #2 to runInPool)",
+                   "cannot send upvalue 'co' of closure (argument #2 to runInPool): a thread");
+  expect_enc_error(L, "{conn = io.stdout}", "args[1]", "cannot send args[1].conn: userdata (FILE*)");
+  expect_enc_error(L, "{x = {setmetatable({}, {})}}", "r", "cannot send r.x[1]: table with unregistered metatable");
+  expect_enc_error(L, "{[coroutine.create(print)] = 1}", "t", "cannot send a key of t: a thread");
+  expect_enc_error(L, "{f = string.byte, g = (require'actor.codec').encode, h = io.stdout.write}", "t",
+                   "cannot send t.h: a C function not known by name");
+  expect_enc_error(L,
+                   "(function() local t = {co = coroutine.running()} return function() return t end end)()",
+                   "f", "cannot send upvalue 't.co' of f: a thread");
+  /* The encoder is usable after a failure. */
+  cross(st, "{1}", "v[1] == 1");
+}
+
+static void test_limits(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  codec_limits lim;
+  codec_limits_default(&lim);
+  assert_int_equal(lim.max_depth, 200);
+  lim.max_size = 100;
+  lim.max_depth = 3;
+  codec_buf b;
+  codec_buf_init(&b);
+  codec_enc *e = codec_enc_get(L);
+  run(L, "return string.rep('x', 1000)");
+  codec_enc_begin(e, &b, &lim);
+  assert_int_equal(codec_enc_value(e, L, -1, "s"), -1);
+  assert_string_equal(lua_tostring(L, -1), "cannot send s: message too large: 1003 bytes exceeds limit of 100 bytes");
+  assert_true(b.len < 100);
+  lua_pop(L, 2);
+  run(L, "return {{{{}}}}");
+  b.len = 0;
+  codec_enc_begin(e, &b, &lim);
+  assert_int_equal(codec_enc_value(e, L, -1, "t"), -1);
+  assert_string_equal(lua_tostring(L, -1), "cannot send t[1][1][1]: nesting deeper than 3");
+  lua_pop(L, 2);
+  codec_buf_fini(&b);
+  codec_dec_opts o = untrusted();
+  o.lim = lim;
+  assert_int_equal(codec_decode(L, "\x91\x91\x91\x91\x90", 5, &o), -1);
+  assert_string_equal(lua_tostring(L, -1), "nesting deeper than 3 at offset 3");
+  lua_pop(L, 1);
+  char big[101] = {0};
+  assert_int_equal(codec_decode(L, big, sizeof big, &o), -1);
+  assert_string_equal(lua_tostring(L, -1), "message too large: 101 bytes exceeds limit of 100 bytes");
+  lua_pop(L, 1);
+}
+
+static void test_untrusted_refuses_functions(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  run(L, "local c = require'actor.codec' "
+         "local s = c.encode(function() return 1 end) "
+         "local ok, e = pcall(c.decode, s) "
+         "assert(not ok and e:find('untrusted'), e) "
+         "assert(c.decode(s, {trusted = true})() == 1) "
+         "ok, e = pcall(c.decode, c.encode(print)) assert(not ok and e:find('untrusted')) "
+         "ok, e = pcall(c.decode, c.encode(_G)) assert(not ok and e:find('untrusted'))");
+}
+
+static void test_multi_and_decode_one(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  codec_dec_opts o = untrusted();
+  const char m[] = "\x01\xa1x\xc0";
+  assert_int_equal(codec_decode(L, m, 4, &o), 3);
+  assert_int_equal(lua_tointeger(L, -3), 1);
+  assert_string_equal(lua_tostring(L, -2), "x");
+  assert_true(lua_isnil(L, -1));
+  lua_pop(L, 3);
+  size_t pos = 0;
+  assert_int_equal(codec_decode_one(L, m, 4, &pos, &o), 1);
+  assert_int_equal(pos, 1);
+  assert_int_equal(codec_decode_one(L, m, 4, &pos, &o), 1);
+  assert_int_equal(codec_decode_one(L, m, 4, &pos, &o), 1);
+  assert_int_equal(codec_decode_one(L, m, 4, &pos, &o), 0);
+  lua_pop(L, 3);
+  assert_int_equal(codec_decode(L, "", 0, &o), 0);
+}
+
+static void test_registered(void **st) {
+  lua_State *A = ((lua_State **)*st)[0], *B = ((lua_State **)*st)[1];
+  const char *reg = "local c = require'actor.codec' "
+                    "P = {__index = {norm = function(p) return p.x + p.y end}} c.register('Point', P) "
+                    "Box = {} c.register('Box', Box, {serialize = function(b) return b.v end, "
+                    "deserialize = function(v) return setmetatable({v = v, back = true}, Box) end})";
+  run(A, reg);
+  run(B, reg);
+  cross(st, "setmetatable({x = 1, y = 2}, P)", "v:norm() == 3 and getmetatable(v) == P");
+  cross(st, "(function() local b = setmetatable({v = 9}, Box) return {b, b} end)()",
+        "v[1].back and v[1].v == 9 and v[1] == v[2]");
+  run(B, "require'actor.codec'.register('Point', {})");
+  cross(st, "setmetatable({x = 1, y = 2}, P)", "getmetatable(v) ~= P");
+}
+
+static void test_enc_reuse_no_growth(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  run(L, "T = {} for i = 1, 100 do T[i] = {a = i, b = {i}} end");
+  codec_buf b;
+  codec_buf_init(&b);
+  codec_enc *e = codec_enc_get(L);
+  size_t cap = 0;
+  for (int i = 0; i < 50; i++) {
+    b.len = 0;
+    lua_getglobal(L, "T");
+    codec_enc_begin(e, &b, NULL);
+    assert_int_equal(codec_enc_value(e, L, -1, "T"), 0);
+    lua_pop(L, 1);
+    if (i == 1) cap = b.cap;
+    if (i > 1) assert_int_equal(b.cap, cap);
+  }
+  codec_buf_fini(&b);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_vectors_scalars, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_vectors_strings, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_vectors_containers, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_vectors_ext, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_encode_forms, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_huge_counts_fail_fast, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cross_state_data, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cross_state_functions, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_encode_errors, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_untrusted_refuses_functions, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_multi_and_decode_one, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_registered, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_enc_reuse_no_growth, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
