@@ -817,6 +817,23 @@ static int enc_cfunction(enc_ctx *c, int idx) {
   return fail(c, "a C function not known by name");
 }
 
+/* Is the `_ENV` upvalue value on top of the stack to be bound to the
+ * destination's globals? Yes for the globals themselves (handled by
+ * enc_table) and for environment tables with an unregistered metatable:
+ * sandboxes (busted's, setfenv emulations) are proxies that fall back to the
+ * globals through __index, and could not travel anyway. A plain table used
+ * as _ENV, or one with a registered metatable, travels as a value. */
+static int env_of_globals(lua_State *L, const void *globals) {
+  if (!lua_istable(L, -1)) return 0;
+  if (lua_topointer(L, -1) == globals) return 0; /* the plain case: enc_table */
+  if (!lua_getmetatable(L, -1)) return 0;
+  int hooked;
+  const char *name = mt_lookup(L, &hooked); /* pops the metatable */
+  if (name == NULL) return 1;
+  lua_pop(L, hooked ? 2 : 1);
+  return 0;
+}
+
 static int enc_function(enc_ctx *c, int idx, int depth) {
   lua_State *L = c->L;
   codec_enc *e = c->e;
@@ -859,8 +876,14 @@ static int enc_function(enc_ctx *c, int idx, int depth) {
       if (ph_put(&e->upv, e->gen, id, e->nupv)) return fail(c, "out of memory");
       e->nupv++;
     }
-    lua_getupvalue(L, idx, i);
+    const char *uname = lua_getupvalue(L, idx, i);
     e->fr[fi].n = i;
+    if (uname && strcmp(uname, "_ENV") == 0 && env_of_globals(L, e->globals)) {
+      unsigned char g[3] = {0xd4, CODEC_EXT_GLOBALS, 0};
+      W(enc_write(e, (const char *)g, 3));
+      lua_pop(L, 1);
+      continue;
+    }
     if (enc_any(c, lua_gettop(L), depth + 1)) return -1;
     lua_pop(L, 1);
   }
