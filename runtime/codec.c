@@ -393,6 +393,12 @@ int *codec__enc_busy(codec_enc *e) { return &e->busy; }
 static int enc_write(void *data, const char *buf, size_t len) {
   codec_enc *e = data;
   codec_buf *b = e->out;
+  /* Fast path: room in the buffer and far from the limit. */
+  if (len <= b->cap - b->len && b->len + len <= e->lim.max_size) {
+    memcpy(b->data + b->len, buf, len);
+    b->len += len;
+    return 0;
+  }
   if (len > e->lim.max_size || b->len > e->lim.max_size - len) {
     e->toolarge = 1;
     e->want = b->len + len;
@@ -605,12 +611,65 @@ static int pack_name(enc_ctx *c, const char *s, size_t n) {
   return 0;
 }
 
+/* Writes the entries of the table at idx as map keys and values; counts
+ * them into *count. */
+static int enc_map_entries(enc_ctx *c, int idx, int depth, size_t *count) {
+  lua_State *L = c->L;
+  codec_enc *e = c->e;
+  size_t n = 0;
+  if (fr_push(e, FR_MAPKEY, 0, 0)) return fail(c, "out of memory");
+  frame *f = &e->fr[e->nfr - 1];
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int k = lua_gettop(L) - 1;
+    f = &e->fr[e->nfr - 1]; /* the frame array may have moved */
+    f->kind = FR_MAPKEY;
+    f->idx = k;
+    if (enc_any(c, k, depth + 1)) return -1;
+    e->fr[e->nfr - 1].kind = FR_KEY;
+    if (enc_any(c, k + 1, depth + 1)) return -1;
+    lua_pop(L, 1);
+    n++;
+  }
+  e->nfr--;
+  *count = n;
+  return 0;
+}
+
 /* Plain table: array for a proper sequence 1..n, else a map. */
 static int enc_table_body(enc_ctx *c, int idx, int depth) {
   lua_State *L = c->L;
   codec_enc *e = c->e;
   if (add_ref(c, lua_topointer(L, idx))) return -1;
   lua_Unsigned n = lua_rawlen(L, idx);
+  if (n == 0) {
+    /* No sequence part: an empty table (empty array) or a map. Write the map
+     * in one pass behind a map32 header, then patch the count and, for small
+     * maps, shrink the header to fixmap by moving the body. */
+    lua_pushnil(L);
+    if (!lua_next(L, idx)) {
+      W(msgpack_pack_array(&e->pk, 0));
+      return 0;
+    }
+    lua_pop(L, 2);
+    unsigned char h[5] = {0xdf, 0, 0, 0, 0};
+    size_t at = e->out->len;
+    W(enc_write(e, (const char *)h, 5));
+    size_t count;
+    if (enc_map_entries(c, idx, depth, &count)) return -1;
+    if (count > UINT32_MAX) return fail(c, "table too large");
+    unsigned char *p = (unsigned char *)e->out->data + at;
+    size_t body = e->out->len - at - 5;
+    if (count <= 15 && body <= 4096) {
+      p[0] = (unsigned char)(0x80 | count);
+      memmove(p + 1, p + 5, body);
+      e->out->len -= 4;
+    } else {
+      p[1] = (unsigned char)(count >> 24), p[2] = (unsigned char)(count >> 16);
+      p[3] = (unsigned char)(count >> 8), p[4] = (unsigned char)count;
+    }
+    return 0;
+  }
   size_t count = 0;
   int seq = 1;
   lua_pushnil(L);
@@ -637,17 +696,8 @@ static int enc_table_body(enc_ctx *c, int idx, int depth) {
   }
   if (count > UINT32_MAX) return fail(c, "table too large");
   W(msgpack_pack_map(&e->pk, count));
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    int k = lua_gettop(L) - 1;
-    if (fr_push(e, FR_MAPKEY, k, 0)) return fail(c, "out of memory");
-    if (enc_any(c, k, depth + 1)) return -1;
-    e->fr[e->nfr - 1].kind = FR_KEY;
-    if (enc_any(c, k + 1, depth + 1)) return -1;
-    e->nfr--;
-    lua_pop(L, 1);
-  }
-  return 0;
+  size_t written;
+  return enc_map_entries(c, idx, depth, &written);
 }
 
 static int enc_timestamp(enc_ctx *c, int idx) {
@@ -791,6 +841,20 @@ static int enc_table(enc_ctx *c, int idx, int depth) {
   return enc_table_body(c, idx, depth);
 }
 
+/* Pushes the per-state table closure -> bytecode (weak keys). */
+static const char dump_cache_key = 0;
+static void dump_cache(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &dump_cache_key) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &dump_cache_key);
+}
+
 static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
   (void)L;
   return enc_write(ud, p, sz);
@@ -846,19 +910,40 @@ static int enc_function(enc_ctx *c, int idx, int depth) {
   if (add_ref(c, p)) return -1;
   size_t at, sat;
   if (ext_begin(c, CODEC_EXT_FUNCTION, &at)) return -1;
-  /* Bytecode as str32 with a patched length; lua_dump writes in place. */
-  unsigned char h[5] = {0xdb, 0, 0, 0, 0};
-  sat = e->out->len;
-  W(enc_write(e, (const char *)h, 5));
+  /* Bytecode, from the per-state dump cache when this closure was sent
+   * before (a closure's bytecode never changes; the cache is weak-keyed, so
+   * an entry goes with its closure). Otherwise lua_dump writes in place
+   * behind a str32 header whose length is patched, and the result is
+   * cached. */
+  if (!lua_checkstack(L, 4)) return fail(c, "nesting too deep for the Lua stack");
+  dump_cache(L);
+  int cache = lua_gettop(L);
   lua_pushvalue(L, idx);
-  int r = lua_dump(L, dump_writer, e, 0);
-  lua_pop(L, 1);
-  if (r != 0) return fail_write(c);
-  size_t bn = e->out->len - sat - 5;
-  if (bn > UINT32_MAX) return fail(c, "function too large");
-  unsigned char *q = (unsigned char *)e->out->data + sat + 1;
-  q[0] = (unsigned char)(bn >> 24), q[1] = (unsigned char)(bn >> 16);
-  q[2] = (unsigned char)(bn >> 8), q[3] = (unsigned char)bn;
+  if (lua_rawget(L, cache) == LUA_TSTRING) {
+    size_t bn;
+    const char *bc = lua_tolstring(L, -1, &bn);
+    W(msgpack_pack_str(&e->pk, bn));
+    W(msgpack_pack_str_body(&e->pk, bc, bn));
+    lua_pop(L, 2);
+  } else {
+    lua_pop(L, 1);
+    unsigned char h[5] = {0xdb, 0, 0, 0, 0};
+    sat = e->out->len;
+    W(enc_write(e, (const char *)h, 5));
+    lua_pushvalue(L, idx);
+    int r = lua_dump(L, dump_writer, e, 0);
+    lua_pop(L, 1);
+    if (r != 0) return fail_write(c);
+    size_t bn = e->out->len - sat - 5;
+    if (bn > UINT32_MAX) return fail(c, "function too large");
+    unsigned char *q = (unsigned char *)e->out->data + sat + 1;
+    q[0] = (unsigned char)(bn >> 24), q[1] = (unsigned char)(bn >> 16);
+    q[2] = (unsigned char)(bn >> 8), q[3] = (unsigned char)bn;
+    lua_pushvalue(L, idx);
+    lua_pushlstring(L, e->out->data + sat + 5, bn);
+    lua_rawset(L, cache);
+    lua_pop(L, 1);
+  }
   lua_Debug ar;
   lua_pushvalue(L, idx);
   lua_getinfo(L, ">u", &ar);
@@ -934,6 +1019,14 @@ static int enc_any(enc_ctx *c, int idx, int depth) {
       e->want = e->out->len + n;
       return fail_write(c);
     }
+    codec_buf *b = e->out;
+    if (n < 32 && 32 <= b->cap - b->len && b->len + 32 <= e->lim.max_size) {
+      /* Short strings (most keys): fixstr header and body in one go. */
+      b->data[b->len] = (char)(0xa0 | n);
+      memcpy(b->data + b->len + 1, s, n);
+      b->len += n + 1;
+      return 0;
+    }
     W(msgpack_pack_str(&e->pk, n));
     W(msgpack_pack_str_body(&e->pk, s, n));
     return 0;
@@ -989,8 +1082,8 @@ typedef struct dec {
   size_t pos;
   const codec_dec_opts *o;
   int max_depth;
-  int refs;    /* stack index of the reference table */
-  int uvs;     /* stack index of the upvalue table */
+  int refs;    /* stack index of the reference table (nil until needed):
+                * refs[i] is object #i-1, refs[-k] the code of upvalue #k-1 */
   lua_Integer nrefs, nuv;
   int reindexed;
   char err[512];
@@ -1018,7 +1111,16 @@ static uint64_t rd_be(const unsigned char *p, int n) {
   return v;
 }
 
+/* Makes sure the reference table exists (created on first use, so messages
+ * without tables or functions do not allocate one). */
+static void refs_need(dec *d) {
+  if (lua_type(d->L, d->refs) == LUA_TTABLE) return;
+  lua_createtable(d->L, 8, 0);
+  lua_replace(d->L, d->refs);
+}
+
 static void reg_obj(dec *d) {
+  refs_need(d);
   lua_pushvalue(d->L, -1);
   lua_rawseti(d->L, d->refs, ++d->nrefs);
 }
@@ -1157,7 +1259,7 @@ static int dec_function(dec *d, int depth, size_t at) {
       lua_Integer k = (lua_Integer)rd_be(d->p + d->pos + 2, 4);
       d->pos += 6;
       if (k >= d->nuv) return derr(d, "invalid upvalue reference #%lld at offset %zu", (long long)k, uat);
-      lua_rawgeti(L, d->uvs, k + 1);
+      lua_rawgeti(L, d->refs, -(k + 1));
       lua_Integer code = lua_tointeger(L, -1);
       lua_pop(L, 1);
       lua_rawgeti(L, d->refs, code >> 8);
@@ -1166,7 +1268,7 @@ static int dec_function(dec *d, int depth, size_t at) {
       continue;
     }
     lua_pushinteger(L, fref * 256 + i);
-    lua_rawseti(L, d->uvs, ++d->nuv);
+    lua_rawseti(L, d->refs, -(++d->nuv));
     if (dec_any(d, depth + 1)) return -1;
     if (lua_setupvalue(L, f, i) == NULL) return derr(d, "invalid function at offset %zu: no upvalue %d", at, i);
   }
@@ -1424,10 +1526,8 @@ static int decode_n(lua_State *L, const char *data, size_t len, size_t *pos, con
   d.max_depth = o->lim.max_depth > DEPTH_HARD_CAP ? DEPTH_HARD_CAP : o->lim.max_depth;
   d.nrefs = d.nuv = 0;
   d.reindexed = 0;
-  lua_createtable(L, 0, 0);
+  lua_pushnil(L);
   d.refs = lua_gettop(L);
-  lua_createtable(L, 0, 0);
-  d.uvs = lua_gettop(L);
   int n = 0;
   while (d.pos < len && n < max) {
     if (!lua_checkstack(L, 4)) {
@@ -1443,7 +1543,6 @@ static int decode_n(lua_State *L, const char *data, size_t len, size_t *pos, con
     n++;
   }
   *pos = d.pos;
-  lua_remove(L, base + 1);
   lua_remove(L, base + 1);
   return n;
 }
