@@ -415,6 +415,80 @@ static void test_enc_reuse_no_growth(void **st) {
   codec_buf_fini(&b);
 }
 
+
+static void test_paths_and_env(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  expect_enc_error(L,
+                   "(function() local t = {conn = io.stdout} local function helper() return t end "
+                   "return function() return helper() end end)()",
+                   "closure (argument #2 to call)",
+                   "cannot send upvalue 't.conn' of upvalue 'helper' of closure (argument #2 to call): "
+                   "userdata (FILE*)");
+  expect_enc_error(L, "{['a b'] = {[true] = {[2.5] = io.stdout}}}", "x",
+                   "cannot send x[\"a b\"][true][2.5]: userdata (FILE*)");
+  /* A sandbox _ENV (metatable falling back to _G) binds to the destination's
+   * globals; a plain table _ENV travels as a value. */
+  run(((lua_State **)*st)[1], "marker = 'B'");
+  cross(st,
+        "(function() local env = setmetatable({marker = 'sandbox'}, {__index = _G}) "
+        "return load('return function() return marker end', 'x', 't', env)() end)()",
+        "v() == 'B'");
+  cross(st, "load('return function() return marker end', 'x', 't', {marker = 'own'})()", "v() == 'own'");
+}
+
+static void test_more_encode_forms(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  /* Timestamps choose the smallest form that holds them. */
+  ENC(L, "require'actor.codec'.timestamp(2, 1)", "\xd7\xff\x00\x00\x00\x04\x00\x00\x00\x02");
+  ENC(L, "require'actor.codec'.timestamp(-1, 7)",
+      "\xc7\x0c\xff\x00\x00\x00\x07\xff\xff\xff\xff\xff\xff\xff\xff");
+  ENC(L, "string.format", "\xc7\x0d\x03string.format");
+  ENC(L, "next", "\xd6\x03next");
+  ENC(L, "{[1] = true, n = 1}", "\x82\x01\xc3\xa1n\x01");
+}
+
+static void test_drop_metatables(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  run(L, "return setmetatable({a = 1}, {})");
+  codec_buf b;
+  codec_buf_init(&b);
+  codec_enc *e = codec_enc_get(L);
+  codec_enc_begin(e, &b, NULL);
+  codec_enc_set_flags(e, CODEC_DROP_METATABLES);
+  assert_int_equal(codec_enc_value(e, L, -1, "t"), 0);
+  lua_pop(L, 1);
+  assert_int_equal(b.len, 4);
+  assert_memory_equal(b.data, "\x81\xa1" "a\x01", 4);
+  /* The flag does not outlive the message. */
+  run(L, "return setmetatable({a = 1}, {})");
+  b.len = 0;
+  codec_enc_begin(e, &b, NULL);
+  assert_int_equal(codec_enc_value(e, L, -1, "t"), -1);
+  lua_pop(L, 2);
+  codec_buf_fini(&b);
+}
+
+static void test_refused_on_decode(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  codec_dec_opts o = trusted();
+  assert_int_equal(codec_decode(L, "\xc7\x07\x03" "foo.bar", 10, &o), -1);
+  assert_string_equal(lua_tostring(L, -1), "unknown C function 'foo.bar' at offset 0");
+  lua_pop(L, 1);
+  assert_int_equal(codec_decode(L, "\xc9\x00\x00\x00\x05\x04\xa3" "Zzz\x80", 12, &o), -1);
+  assert_string_equal(lua_tostring(L, -1), "unknown metatable 'Zzz' (not registered) at offset 0");
+  lua_pop(L, 1);
+  assert_int_equal(codec_decode(L, "\xd6\x01\x00\x00\x00\x00", 6, &o), -1);
+  assert_string_equal(lua_tostring(L, -1), "invalid reference #0 at offset 0");
+  lua_pop(L, 1);
+  assert_int_equal(codec_decode(L, "\x81\xc0\x01", 3, &o), -1);
+  assert_string_equal(lua_tostring(L, -1), "invalid map key nil at offset 1");
+  lua_pop(L, 1);
+  /* Bytecode that is not bytecode, on a trusted channel. */
+  assert_int_equal(codec_decode(L, "\xc9\x00\x00\x00\x04\x02\xa2hi\x00", 10, &o), -1);
+  assert_non_null(strstr(lua_tostring(L, -1), "invalid function at offset 0"));
+  lua_pop(L, 1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_vectors_scalars, setup, teardown),
@@ -432,6 +506,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_multi_and_decode_one, setup, teardown),
       cmocka_unit_test_setup_teardown(test_registered, setup, teardown),
       cmocka_unit_test_setup_teardown(test_enc_reuse_no_growth, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_paths_and_env, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_more_encode_forms, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_drop_metatables, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_refused_on_decode, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
