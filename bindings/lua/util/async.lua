@@ -401,27 +401,53 @@ end
 
 ---------------------------------------------------------------- waiter, guarder
 
-local function waiter(num, allow_many)
-  local thread, main = co_running()
-  if not thread or main then error(NOT_ASYNC, 0) end
-  num = num or 1
+-- A waiter keeps its count and whether wait() was called in one number, so
+-- that its two closures share two upvalues instead of three: the count of
+-- done() calls still expected, plus WAITING once wait() has been called.
+local WAITING = 1 << 40
+local HALF = WAITING >> 1
+
+-- The plain form, for counts the packed form cannot hold.
+local function waiter_wide(thread, num, allow_many)
   local waiting = false
   local function wait()
     if num == 0 then return end
     waiting = true
     co_yield("wait")
   end
-  if allow_many then
-    return wait, function()
-      num = num - 1
-      if num == 0 and waiting then continue(thread) end
-    end
-  end
   return wait, function()
     num = num - 1
     if num == 0 and waiting then
       continue(thread)
-    elseif num < 0 then
+    elseif not allow_many and num < 0 then
+      error("done() called too many times", 0)
+    end
+  end
+end
+
+local function waiter(num, allow_many)
+  local thread, main = co_running()
+  if not thread or main then error(NOT_ASYNC, 0) end
+  local s = num or 1
+  if type(s) ~= "number" or s >= HALF or s <= -HALF then
+    return waiter_wide(thread, s, allow_many)
+  end
+  local function wait()
+    if s == 0 or s == WAITING then return end -- already done
+    if s < HALF then s = s + WAITING end
+    co_yield("wait")
+  end
+  if allow_many then
+    return wait, function()
+      s = s - 1
+      if s == WAITING then continue(thread) end
+    end
+  end
+  return wait, function()
+    s = s - 1
+    if s == WAITING then
+      continue(thread)
+    elseif s < 0 or (s > HALF and s < WAITING) then
       error("done() called too many times", 0)
     end
   end
