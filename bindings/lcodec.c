@@ -40,13 +40,11 @@ static void opt_limits(lua_State *L, int t, codec_limits *lim) {
  * Raises the codec's error message on failure. */
 static int encode_args(lua_State *L, int first, const codec_limits *lim, unsigned flags) {
   codec_enc *e = codec_enc_get(L);
-  int *busy = codec__enc_busy(e);
-  if (*busy) return luaL_error(L, "actor.codec.encode cannot be called from a serialize hook");
+  if (codec_enc_in_hook(e)) return luaL_error(L, "actor.codec.encode cannot be called from a serialize hook");
   codec_buf *b = codec__enc_scratch(e);
   b->len = 0;
   int top = lua_gettop(L);
   int n = top - first + 1;
-  *busy = 1;
   codec_enc_begin(e, b, lim);
   codec_enc_set_flags(e, flags);
   for (int i = first; i <= top; i++) {
@@ -54,12 +52,10 @@ static int encode_args(lua_State *L, int first, const codec_limits *lim, unsigne
     if (n == 1) strcpy(where, "value");
     else snprintf(where, sizeof where, "value #%d", i - first + 1);
     if (codec_enc_value(e, L, i, where) != 0) {
-      *busy = 0;
       if (b->cap > SCRATCH_KEEP) codec_buf_fini(b);
       return lua_error(L);
     }
   }
-  *busy = 0;
   lua_pushlstring(L, b->data ? b->data : "", b->len);
   if (b->cap > SCRATCH_KEEP) codec_buf_fini(b);
   return 1;

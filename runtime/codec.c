@@ -295,7 +295,7 @@ struct codec_enc {
   frame *fr;
   int nfr, capfr;
   codec_buf scratch;    /* used by actor.codec.encode */
-  int busy;
+  int in_hook;          /* > 0 while a serialize hook runs (protected) */
 };
 
 static uint32_t hash_ptr(const void *p) {
@@ -388,7 +388,7 @@ void codec_limits_set(lua_State *L, const codec_limits *lim) {
 }
 
 codec_buf *codec__enc_scratch(codec_enc *e) { return &e->scratch; }
-int *codec__enc_busy(codec_enc *e) { return &e->busy; }
+int codec_enc_in_hook(const codec_enc *e) { return e->in_hook > 0; }
 
 static int enc_write(void *data, const char *buf, size_t len) {
   codec_enc *e = data;
@@ -767,7 +767,10 @@ static int enc_hooked(enc_ctx *c, int idx, const char *name, int depth) {
   if (pack_name(c, name, strlen(name))) return -1;
   lua_getfield(L, -1, "serialize");
   lua_pushvalue(L, idx);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+  e->in_hook++;
+  int st = lua_pcall(L, 1, 1, 0);
+  e->in_hook--;
+  if (st != LUA_OK) {
     const char *m = lua_tostring(L, -1);
     return fail(c, "serialize hook of '%s' failed: %s", name, m ? m : "(error object is not a string)");
   }

@@ -139,6 +139,9 @@ void codec_limits_set(lua_State *L, const codec_limits *lim);
 int codec__register(lua_State *L, const char *name, int mt, int hooks);
 void codec__registry_init(lua_State *L);
 codec_buf *codec__enc_scratch(codec_enc *e);
-int *codec__enc_busy(codec_enc *e);
+/* Nonzero while one of this encoder's serialize hooks runs: the encoder is
+ * in the middle of a message and must not be begun again (hooks must not
+ * send messages or call actor.codec.encode). */
+int codec_enc_in_hook(const codec_enc *e);
 
 #endif

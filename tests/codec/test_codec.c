@@ -468,6 +468,15 @@ static void test_drop_metatables(void **st) {
   codec_buf_fini(&b);
 }
 
+static void test_hook_cannot_reenter(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  run(L, "local c = require'actor.codec' local Bad = {} "
+         "c.register('Bad', Bad, {serialize = function(b) return c.encode(1) end, deserialize = print}) "
+         "local ok, e = pcall(c.encode, {x = setmetatable({}, Bad)}) "
+         "assert(not ok and e:find('^cannot send value.x: serialize hook of .Bad. failed: .*serialize hook'), e) "
+         "assert(c.decode(c.encode(5)) == 5)");
+}
+
 static void test_refused_on_decode(void **st) {
   lua_State *L = ((lua_State **)*st)[0];
   codec_dec_opts o = trusted();
@@ -510,6 +519,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_more_encode_forms, setup, teardown),
       cmocka_unit_test_setup_teardown(test_drop_metatables, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refused_on_decode, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_hook_cannot_reenter, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
