@@ -1,0 +1,247 @@
+/*
+ * rt.h -- internal structures shared by the scheduler, the pools and the
+ * Lua bindings. Not installed.
+ *
+ * Design notes.
+ * - One actor_rt per scheduler state. Every field without "atomic" or
+ *   "inbox_mu" in its comment is touched by the scheduler thread only.
+ * - A pool owns N workers. Each worker is one OS thread that creates, uses
+ *   and closes its own lua_State. Scheduler and worker talk over one nng
+ *   pair1 socket pair on inproc://actor/<rt>/<pool>/<worker>; only bytes
+ *   (nng_msg) cross, never a lua_State or a Lua value.
+ * - Jobs wait in the pool's FIFO on the scheduler until dispatch hands them
+ *   to a worker in batches (several jobs per nng message). A worker replies
+ *   in batches too, flushing early when jobs take long, so a caller never
+ *   waits for its neighbours' work.
+ * - nng aio callbacks (on nng's threads) only append the message to the
+ *   inbox under inbox_mu and write the eventfd. The scheduler drains the
+ *   inbox from its loop and resumes callers there.
+ * - A job is found from its reply by id: the low 32 bits index a slot
+ *   table, the high 32 bits are a generation, so a stale reply (after a
+ *   timeout) never matches a reused slot.
+ *
+ * Lock order: inbox_mu is a leaf; nothing else is locked while holding it.
+ */
+#ifndef ACTOR_RT_H
+#define ACTOR_RT_H
+
+#include <lua.h>
+#include <nng/nng.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "codec.h"
+
+#define WIRE_VERSION 1
+
+enum wire_type {
+  MSG_JOBS = 1,         /* scheduler -> worker: a batch of jobs */
+  MSG_STOP = 2,         /* scheduler -> worker: exit after this */
+  MSG_REPLIES = 3,      /* worker -> scheduler: a batch of replies */
+  MSG_NESTED_CALL = 4,  /* worker -> scheduler: a sync call made in a pool */
+  MSG_NESTED_REPLY = 5, /* scheduler -> worker: the reply to it */
+};
+
+/* Every message starts with this header; records follow back to back.
+ * Fields are host-endian: the transport is in-process only. */
+typedef struct wire_hdr {
+  uint8_t version;
+  uint8_t type;
+  uint16_t reserved;
+  uint32_t count;
+} wire_hdr;
+
+typedef struct wire_job {
+  uint64_t id;
+  uint32_t flags;      /* JOB_F_* */
+  uint32_t timeout_ms; /* 0: none */
+  uint32_t len;        /* payload bytes that follow */
+  uint32_t reserved;
+} wire_job;
+
+typedef struct wire_reply {
+  uint64_t id;
+  uint8_t status; /* ST_* */
+  uint8_t flags;  /* JOB_F_TLS if a _TLS table leads the payload */
+  uint16_t reserved;
+  uint32_t wall_us; /* time the closure ran */
+  uint32_t len;
+  uint32_t reserved2;
+} wire_reply;
+
+enum job_flags {
+  JOB_F_TLS = 1,       /* payload leads with a copy of the caller's _TLS */
+  JOB_F_WCOMPLETE = 2, /* then a completion run on the worker */
+  JOB_F_NOREPLY = 4,   /* fire and forget: the reply is an ack */
+};
+
+enum reply_status {
+  ST_OK = 0,
+  ST_ERR = 1,      /* payload: message [, traceback] */
+  ST_ACK = 2,      /* fire and forget finished (or its completion ran) */
+  ST_SHUTDOWN = 3, /* not run: the pool is stopping */
+  ST_NOPOOL = 4,   /* nested call to an unknown pool */
+  ST_ACKERR = 5,   /* fire and forget raised an error (counted) */
+};
+
+typedef struct actor_rt actor_rt;
+typedef struct pool pool;
+typedef struct worker worker;
+typedef struct job job;
+
+enum job_kind {
+  JOB_CALL = 0,   /* reply goes to a Lua callback (sync callers, SCHED completions) */
+  JOB_CAST = 1,   /* nothing to deliver */
+  JOB_NESTED = 2, /* reply is forwarded to the worker that asked */
+};
+
+struct job {
+  uint64_t id;
+  pool *p;
+  worker *w;      /* worker it was sent to, once sent */
+  int kind;
+  int cbref;      /* registry ref of function(ok, ...) */
+  int tlsref;     /* registry ref of the caller's _TLS table, or LUA_NOREF */
+  uint32_t flags;
+  uint32_t timeout_ms;
+  char *payload;  /* malloc'ed encoding; freed once sent */
+  size_t len;
+  double t_submit;
+  int abandoned;  /* caller already answered (timeout/shutdown); drop the reply */
+  worker *origin; /* JOB_NESTED: who asked */
+  uint64_t origin_id;
+  job *next;      /* pool FIFO link */
+};
+
+/* Worker figures read by the control socket: atomics, written by the worker. */
+struct worker {
+  pool *p;
+  int index;
+  nng_socket ssock; /* scheduler side */
+  nng_socket wsock; /* worker side; used by the worker thread only */
+  nng_aio *raio;    /* scheduler-side receive */
+  pthread_t th;
+  int started;      /* thread created */
+  int inflight;     /* jobs sent and not replied (scheduler thread) */
+  int retiring;     /* no new jobs; stop once drained (scheduler thread) */
+  int stop_sent;
+  atomic_int exited;
+  atomic_int abort_now;    /* interrupt running Lua at the next hook */
+  atomic_int stopping;     /* answer remaining batch with ST_SHUTDOWN */
+  atomic_int busy;
+  atomic_ullong jobs_done;
+  atomic_size_t mem_used;
+  atomic_llong job_started_us;
+  char cur_fn[128];        /* protected by cur_mu; for inspection only */
+  pthread_mutex_t cur_mu;
+  uint64_t nested_seq;     /* worker thread */
+  size_t memory_limit;     /* copied at start */
+  lua_State *L;            /* worker thread only; stored for debug asserts */
+};
+
+#define POOL_HIST 64
+
+struct pool {
+  actor_rt *rt;
+  int id;
+  char name[64];
+  int target_threads;
+  worker **workers;
+  int nworkers, cap_workers;
+  unsigned rr; /* round-robin start */
+  job *qhead, *qtail;
+  int queued;
+  int inflight;
+  int abandoned_queued; /* abandoned jobs still in the FIFO */
+  int backlog;          /* 0: unlimited */
+  size_t memory_limit;  /* 0: unlimited */
+  double timeout;       /* seconds, 0: none */
+  char *init;           /* module name or file run in each worker state */
+  char **preload;       /* C module names (resolved with package.cpath) */
+  int npreload;
+  int room_waiters;     /* registry ref to a Lua table (FIFO) of callbacks */
+  int closing;
+  /* figures */
+  uint64_t invocations, errors, timeouts, completed;
+  double total_wall;
+  double created_at;
+  double busy_integral; /* sum over time of busy threads, for avg_concurrency */
+  double last_sample;
+  uint32_t hist[POOL_HIST]; /* log2 buckets of wall time in µs */
+};
+
+typedef struct timer timer;
+struct timer {
+  double when;
+  double period; /* 0: one shot */
+  uint64_t seq;
+  int heap_idx;  /* -1 when not armed */
+  int cbref;     /* registry ref of the callback */
+  int selfref;   /* anchors the userdata while armed */
+  actor_rt *rt;
+};
+
+struct actor_rt {
+  lua_State *L; /* scheduler state */
+  pthread_t owner;
+  int id;
+  int efd;
+  pthread_mutex_t inbox_mu;
+  nng_msg **inbox; /* inbox_mu */
+  worker **inbox_from;
+  int inbox_n, inbox_cap; /* inbox_mu */
+  int inbox_signaled;     /* inbox_mu */
+  nng_msg **drain;
+  worker **drain_from;
+  int drain_cap;
+  pool **pools;
+  int npools;
+  job **slots;
+  uint32_t *gen;
+  int nslots, cap_slots;
+  int *free_slots;
+  int nfree;
+  int live_jobs; /* jobs whose caller still waits for an answer */
+  timer **heap;
+  int nheap, cap_heap;
+  uint64_t timer_seq;
+  int ticks_ref;   /* registry ref: Lua table of next-tick functions */
+  int pending_extra; /* services etc. that keep the loop alive */
+  int shutting_down;
+  int closed;
+  double grace;    /* seconds running jobs get at shutdown */
+  double started_at;
+  codec_buf scratch;
+  int traceback_ref;
+};
+
+/* runtime.c */
+double actor__now(void);
+actor_rt *actor__rt_open(lua_State *L, int *err);
+void actor__rt_close(actor_rt *rt);
+pool *actor__pool_find(actor_rt *rt, const char *name, int id);
+pool *actor__pool_create(actor_rt *rt, const char *name, int threads);
+int actor__pool_resize(pool *p, int threads);
+int actor__submit(actor_rt *rt, job *j);
+int actor__step(actor_rt *rt, double timeout);
+int actor__pending(actor_rt *rt);
+void actor__pool_stat(actor_rt *rt, pool *p, lua_State *L);
+timer *actor__timer_new(actor_rt *rt, lua_State *L, double after, double period, int fnidx);
+void actor__timer_cancel(actor_rt *rt, timer *t);
+void actor__shutdown(actor_rt *rt);
+job *actor__job_new(actor_rt *rt, pool *p);
+void actor__job_free(actor_rt *rt, job *j);
+int actor__job_abandon(actor_rt *rt, uint64_t id, const char *msg, int is_timeout);
+
+/* worker.c */
+void *actor__worker_main(void *arg);
+int actor__worker_start(worker *w);
+void actor__worker_interrupt(worker *w);
+
+/* bindings */
+int actor__open_core(lua_State *L, actor_rt *rt);
+int actor__load_embedded(lua_State *L, const char *name);
+void actor__install_searcher(lua_State *L);
+
+#endif
