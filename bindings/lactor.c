@@ -80,6 +80,15 @@ void actor__install_searcher(lua_State *L) {
   lua_pop(L, 2);
 }
 
+/* package.preload entries for the optional C modules linked in. */
+void actor__preload_optional(lua_State *L) {
+  if (!luaopen_actor_net) return;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_actor_net);
+  lua_setfield(L, -2, "actor.net");
+  lua_pop(L, 1);
+}
+
 /* ------------------------------------------------------------ helpers */
 
 static actor_rt *get_rt(lua_State *L) {
@@ -515,6 +524,7 @@ int luaopen_actor(lua_State *L) {
   luaL_requiref(L, "actor.codec", luaopen_actor_codec, 0);
   lua_pop(L, 1);
   actor__install_searcher(L);
+  actor__preload_optional(L);
 
   /* default pools: CPU with one thread per core, IO with 8 */
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -555,5 +565,6 @@ int luaopen_actor(lua_State *L) {
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, "actor.module");
   codec_index_cfunctions(L);
+  if (actor__control_open) actor__control_open(*u); /* failure only disables inspection */
   return 1;
 }

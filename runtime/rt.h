@@ -171,6 +171,14 @@ struct pool {
   uint32_t hist[POOL_HIST]; /* log2 buckets of wall time in µs */
 };
 
+/* A function posted from any thread to run on the scheduler thread. */
+typedef void (*actor_post_fn)(actor_rt *rt, void *ud);
+typedef struct post_item {
+  actor_post_fn fn;
+  void *ud;
+  struct post_item *next;
+} post_item;
+
 typedef struct timer timer;
 struct timer {
   double when;
@@ -192,6 +200,7 @@ struct actor_rt {
   worker **inbox_from;
   int inbox_n, inbox_cap; /* inbox_mu */
   int inbox_signaled;     /* inbox_mu */
+  post_item *posts_head, *posts_tail; /* inbox_mu */
   nng_msg **drain;
   worker **drain_from;
   int drain_cap;
@@ -211,12 +220,18 @@ struct actor_rt {
   int shutting_down;
   int closed;
   double grace;    /* seconds running jobs get at shutdown */
+  void *control;   /* control.c's server, if any */
   double started_at;
   codec_buf scratch;
   int traceback_ref;
 };
 
 /* runtime.c */
+/* Queues fn(rt, ud) to run on the scheduler thread during its next loop
+ * turn, and wakes the loop. Safe from any thread, including nng callbacks.
+ * Returns 0, or ENOMEM (fn will not run). If the runtime closes first, fn
+ * runs during the close with rt->shutting_down set, so ud is never leaked. */
+int actor__post(actor_rt *rt, actor_post_fn fn, void *ud);
 double actor__now(void);
 actor_rt *actor__rt_open(lua_State *L, int *err);
 void actor__rt_close(actor_rt *rt);
@@ -239,9 +254,17 @@ void *actor__worker_main(void *arg);
 int actor__worker_start(worker *w);
 void actor__worker_interrupt(worker *w);
 
+/* Optional parts, linked when present (weak symbols):
+ * control.c serves the control socket (docs/actorctl.md); lnet.c is the
+ * actor.net module (DNS, HTTP) opened in every state. */
+int actor__control_open(actor_rt *rt) __attribute__((weak));   /* scheduler thread, after pools exist */
+void actor__control_close(actor_rt *rt) __attribute__((weak)); /* scheduler thread, before shutdown */
+int luaopen_actor_net(lua_State *L) __attribute__((weak));
+
 /* bindings */
 int actor__open_core(lua_State *L, actor_rt *rt);
 int actor__load_embedded(lua_State *L, const char *name);
 void actor__install_searcher(lua_State *L);
+void actor__preload_optional(lua_State *L);
 
 #endif

@@ -82,6 +82,43 @@ static void inbox_cb(void *arg) {
   nng_recv_aio(w->ssock, w->raio);
 }
 
+int actor__post(actor_rt *rt, actor_post_fn fn, void *ud) {
+  post_item *it = malloc(sizeof *it);
+  if (!it) return ENOMEM;
+  it->fn = fn;
+  it->ud = ud;
+  it->next = NULL;
+  int wake = 0;
+  pthread_mutex_lock(&rt->inbox_mu);
+  if (rt->posts_tail) rt->posts_tail->next = it;
+  else rt->posts_head = it;
+  rt->posts_tail = it;
+  if (!rt->inbox_signaled) rt->inbox_signaled = wake = 1;
+  pthread_mutex_unlock(&rt->inbox_mu);
+  if (wake) {
+    uint64_t one = 1;
+    ssize_t n = write(rt->efd, &one, sizeof one);
+    (void)n;
+  }
+  return 0;
+}
+
+static int run_posts(actor_rt *rt) {
+  pthread_mutex_lock(&rt->inbox_mu);
+  post_item *it = rt->posts_head;
+  rt->posts_head = rt->posts_tail = NULL;
+  pthread_mutex_unlock(&rt->inbox_mu);
+  int n = 0;
+  while (it) {
+    post_item *next = it->next;
+    it->fn(rt, it->ud);
+    free(it);
+    it = next;
+    n++;
+  }
+  return n;
+}
+
 /* --------------------------------------------------------------- timers */
 
 static void heap_swap(actor_rt *rt, int a, int b) {
@@ -829,7 +866,7 @@ static int drain_inbox(actor_rt *rt) {
     }
     nng_msg_free(m);
   }
-  return n;
+  return n + run_posts(rt);
 }
 
 /* ------------------------------------------------------------------ loop */
@@ -869,7 +906,7 @@ int actor__step(actor_rt *rt, double timeout) {
   dispatch_all(rt);
   double wait = timeout;
   pthread_mutex_lock(&rt->inbox_mu);
-  int ready = rt->inbox_n > 0;
+  int ready = rt->inbox_n > 0 || rt->posts_head != NULL;
   pthread_mutex_unlock(&rt->inbox_mu);
   if (ready || ticks_pending(rt)) wait = 0;
   else if (rt->nheap > 0) {
@@ -975,6 +1012,7 @@ actor_rt *actor__rt_open(lua_State *L, int *err) {
  * joined and every socket closed. Idempotent. */
 void actor__shutdown(actor_rt *rt) {
   if (rt->shutting_down) return;
+  if (actor__control_close) actor__control_close(rt);
   rt->shutting_down = 1;
   for (int i = 0; i < rt->npools; i++) {
     pool *p = rt->pools[i];
@@ -1063,6 +1101,7 @@ void actor__rt_close(actor_rt *rt) {
   free(rt->gen);
   free(rt->free_slots);
   for (int i = 0; i < rt->inbox_n; i++) nng_msg_free(rt->inbox[i]);
+  run_posts(rt); /* posted work sees shutting_down and answers with an error */
   free(rt->inbox);
   free(rt->inbox_from);
   free(rt->drain);

@@ -483,6 +483,7 @@ static int setup_state(lua_State *L) {
   luaL_requiref(L, "actor.codec", luaopen_actor_codec, 0);
   lua_pop(L, 1);
   actor__install_searcher(L);
+  actor__preload_optional(L);
   /* the core table the Lua side of the worker builds on */
   lua_newtable(L);
   static const luaL_Reg core[] = {
