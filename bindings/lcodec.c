@@ -25,7 +25,7 @@ static void opt_limits(lua_State *L, int t, codec_limits *lim) {
   if (lua_getfield(L, t, "max_depth") != LUA_TNIL) {
     lua_Integer v = luaL_checkinteger(L, -1);
     luaL_argcheck(L, v >= 1, t, "max_depth must be >= 1");
-    lim->max_depth = v > 5000 ? 5000 : (int)v;
+    lim->max_depth = v > 1000 ? 1000 : (int)v;
   }
   lua_pop(L, 1);
   if (lua_getfield(L, t, "max_size") != LUA_TNIL) {

@@ -49,7 +49,7 @@
 #define REG_NAME2MT "actor.codec.name2mt"
 #define REG_HOOKS "actor.codec.hooks"
 
-#define DEPTH_HARD_CAP 5000
+#define DEPTH_HARD_CAP 1000
 
 /* ------------------------------------------------------------------------ */
 /* Buffers and limits */

@@ -129,7 +129,7 @@ void codec_enc_set_flags(codec_enc *e, unsigned flags);
 
 /* Per-state limits, as set by actor.codec.limits{} (defaults otherwise).
  * Runtimes should use these when encoding/decoding for that state. Raise
- * only on memory errors. max_depth is capped at 5000. */
+ * only on memory errors. max_depth is capped at 1000. */
 void codec_limits_of(lua_State *L, codec_limits *lim);
 void codec_limits_set(lua_State *L, const codec_limits *lim);
 
