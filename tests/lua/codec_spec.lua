@@ -141,6 +141,21 @@ describe("actor.codec through a pool thread", function()
     assert.is_true(r[1].restored)
     assert.are.equal(9, r[1].v)
     assert.are.equal(r[1], r[2])
+    -- through a worker that registered the same name with its own hooks
+    actor.pool("codec_spec1", { threads = 1 })
+    assert.is_true((actor.call("codec_spec1", function()
+      local WBox = { __index = { twice = function(self) return self.v * 2 end } }
+      require("actor.codec").register("spec.Box", WBox, {
+        serialize = function(x) return { v = x.v } end,
+        deserialize = function(t) return setmetatable({ v = t.v }, WBox) end,
+      })
+    end)))
+    local ok, twice, same_obj, back = actor.call("codec_spec1", function(x, y) return x:twice(), x == y, x end, b, b)
+    assert.is_true(ok)
+    assert.are.equal(18, twice)
+    assert.is_true(same_obj)
+    assert.is_true(back.restored)
+    assert.are.equal(Box, getmetatable(back))
   end)
 
   it("decodes timestamps and unknown ext values into documented tables", function()
