@@ -28,8 +28,8 @@ check bad-pool-noeq 2 "bad --pool value 'CPU'" "$ACTOR" --pool CPU -e "print(1)"
 check dash-e 0 "^42$" "$ACTOR" -e "print(6*7)"
 check dash-l 0 "^table$" "$ACTOR" -l string -e "print(type(string))"
 check dash-l-alias 0 "^function$" "$ACTOR" -l A=actor -e "print(type(A.call))"
-check globals 0 "^table table table$" "$ACTOR" -e "print(type(msys), type(_OSTLS), type(_TLS))"
-check requires 0 "^function function$" "$ACTOR" -e "print(type(require('actor').call), type(require('util.async').runner))"
+check globals 0 "^table[[:space:]]table[[:space:]]table$" "$ACTOR" -e "print(type(msys), type(_OSTLS), type(_TLS))"
+check requires 0 "^function[[:space:]]function$" "$ACTOR" -e "print(type(require('actor').call), type(require('util.async').runner))"
 cat >"$t/args.lua" <<'LUA'
 print(arg[0], arg[1], arg[2], select('#', ...), ...)
 LUA
@@ -57,12 +57,12 @@ check os-exit-close 0 "" "$ACTOR" "$t/exit0.lua"
 cat >"$t/pool.lua" <<'LUA'
 print(msys.threadpool.stat("CPU").num_threads, msys.threadpool.stat("IO").num_threads)
 LUA
-check pool-option 0 "^3 5$" "$ACTOR" --pool CPU=3 --pool IO=5 "$t/pool.lua"
-check default-pools 0 "^$(nproc) 8$" "$ACTOR" "$t/pool.lua"
+check pool-option 0 "^3[[:space:]]5$" "$ACTOR" --pool CPU=3 --pool IO=5 "$t/pool.lua"
+check default-pools 0 "^$(nproc)[[:space:]]8$" "$ACTOR" "$t/pool.lua"
 cat >"$t/loop.lua" <<'LUA'
 local actor = require "actor"
-actor.spawn(function() actor.sleep(0.05) print("after sleep") end)
-print("main chunk returned")
+actor.spawn(function() actor.sleep(0.05) io.write("after sleep\n") end)
+io.write("main chunk returned; ")
 LUA
 check drives-loop 0 "main chunk returned.*after sleep" "$ACTOR" "$t/loop.lua"
 echo "print('from stdin')" > "$t/stdin.lua"
