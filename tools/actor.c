@@ -25,7 +25,7 @@ int luaopen_actor(lua_State *L);
 
 static const char *progname = "actor";
 
-#define USAGE "usage: actor [-v] [-e stat] [-l mod] [--pool NAME=THREADS] [--grace S] [script [args]]"
+#define USAGE "usage: actor [-v] [-e stat] [-l mod] [--pool NAME=THREADS] [--config FILE] [--grace S] [script [args]]"
 
 static int usage_error(const char *fmt, const char *arg) {
   fprintf(stderr, "%s: ", progname);
@@ -100,6 +100,14 @@ static int parse_args(int argc, char **argv, args *a) {
     if (strcmp(s, "--") == 0) { i++; break; }
     if (strcmp(s, "-v") == 0 || strcmp(s, "--version") == 0) { a->version = 1; continue; }
     if (strcmp(s, "-E") == 0 || strcmp(s, "-W") == 0) continue;
+    if (strcmp(s, "--config") == 0) {
+      if (i + 1 >= argc) return usage_error("'%s' needs an argument", s);
+      if (access(argv[i + 1], R_OK) != 0) return usage_error("cannot open config file '%s'", argv[i + 1]);
+      a->opts[a->nopts].kind = 'c';
+      a->opts[a->nopts].val = argv[++i];
+      a->nopts++;
+      continue;
+    }
     if (strcmp(s, "-e") == 0 || strcmp(s, "-l") == 0 || strcmp(s, "--pool") == 0 || strcmp(s, "--grace") == 0 ||
         strncmp(s, "-e", 2) == 0 || strncmp(s, "-l", 2) == 0 || strncmp(s, "--pool=", 7) == 0) {
       char kind = s[1] == '-' ? (s[2] == 'p' ? 'p' : 'g') : s[1];
@@ -164,6 +172,17 @@ static int apply_pool(lua_State *L, const char *spec) {
   return report(L, st);
 }
 
+static int apply_config(lua_State *L, const char *path) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "actor");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "configure");
+  lua_pushstring(L, path);
+  int st = docall(L, 1, 0);
+  lua_pop(L, 1);
+  return report(L, st);
+}
+
 static int run_library(lua_State *L, const char *spec) {
   const char *eq = strchr(spec, '=');
   const char *mod = eq ? eq + 1 : spec;
@@ -222,6 +241,7 @@ static int pmain(lua_State *L) {
   for (int i = 0; i < a->nopts; i++) {
     int st = LUA_OK;
     if (a->opts[i].kind == 'p') st = apply_pool(L, a->opts[i].val);
+    else if (a->opts[i].kind == 'c') st = apply_config(L, a->opts[i].val);
     else if (a->opts[i].kind == 'e') {
       st = luaL_loadbuffer(L, a->opts[i].val, strlen(a->opts[i].val), "=(command line)");
       if (st == LUA_OK) st = docall(L, 0, 0);

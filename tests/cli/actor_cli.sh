@@ -65,6 +65,13 @@ actor.spawn(function() actor.sleep(0.05) io.write("after sleep\n") end)
 io.write("main chunk returned; ")
 LUA
 check drives-loop 0 "main chunk returned.*after sleep" "$ACTOR" "$t/loop.lua"
+cat >"$t/cfg.lua" <<'LUA'
+pools = { CPU = { threads = 3 }, DB = { threads = 2, timeout = 5, backlog = 100 } }
+LUA
+check config-file 0 "^3[[:space:]]2[[:space:]]5(\.0)?[[:space:]]100$" "$ACTOR" --config "$t/cfg.lua" -e 'local s = msys.threadpool.stat("DB") print(msys.threadpool.stat("CPU").num_threads, s.num_threads, s.timeout, s.backlog)'
+echo 'pools = { X = 5 }' > "$t/badcfg.lua"
+check config-bad 1 "pools.X must be a table of options" "$ACTOR" --config "$t/badcfg.lua" -e 'print(1)'
+check config-missing 2 "cannot open config file" "$ACTOR" --config "$t/none.lua" -e 'print(1)'
 echo "print('from stdin')" > "$t/stdin.lua"
 check stdin 0 "^from stdin$" bash -c "\"$ACTOR\" - < \"$t/stdin.lua\""
 

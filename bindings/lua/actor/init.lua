@@ -72,6 +72,33 @@ local function spawn_in(tls, fn, args)
   return r
 end
 
+-- Internal callbacks (scheduler completions, timer callbacks) run in
+-- runners taken from a free list: a runner whose item finished without
+-- parking is ready for the next one, and its coroutine is reused. A runner
+-- that parks is simply not returned; it is collected once done.
+local free_runners, nfree = {}, 0
+local MAX_FREE = 256
+
+local function run_pooled(tls, fn, ...)
+  local r
+  if nfree > 0 then
+    r = free_runners[nfree]
+    free_runners[nfree] = nil
+    nfree = nfree - 1
+  else
+    r = async.runner(function(item) item.fn(unpack(item, 1, item.n)) end, { error = report })
+  end
+  if set_tls then set_tls(r, tls or {}) end
+  local item = pack(...)
+  item.fn = fn
+  local _, state = r:run(item)
+  if state == "ready" and nfree < MAX_FREE then
+    nfree = nfree + 1
+    free_runners[nfree] = r
+  end
+end
+M._run_pooled = run_pooled
+
 -- spawn(fn, ...): runs fn(...) in a new runner; returns the runner.
 function M.spawn(fn, ...)
   if type(fn) ~= "function" and not (getmetatable(fn) or {}).__call then
@@ -148,7 +175,7 @@ local function timer_api(fname, period_of)
       error("bad argument #2 to '" .. fname .. "' (function expected, got " .. type(fn) .. ")", 2)
     end
     -- the callback runs in its own runner, so it may park
-    return core.timer(s, period_of(s), function() M.spawn(fn) end)
+    return core.timer(s, period_of(s), function() run_pooled(nil, fn) end)
   end
 end
 M.timer = timer_api("timer", function() return 0 end)
@@ -237,11 +264,12 @@ function M.call(pool, fn, ...)
   return call_impl("call", p, opts, fn, "closure (argument #2 to call)", ...)
 end
 
+
 -- A scheduler completion runs in a new runner that shares the caller's
 -- session (_TLS), after the closure's _TLS writes were merged into it.
 local function spawn_completion(completion, tls)
   return function(...)
-    spawn_in(tls, completion, pack(...))
+    run_pooled(tls, completion, ...)
   end
 end
 
@@ -306,6 +334,33 @@ function M.pool(name, opts)
     id, pname = core.pool_find(id)
   end
   return setmetatable({ id = id, name = pname }, Pool)
+end
+
+-- configure(t | path): applies a configuration table, or a config file
+-- (Lua syntax, run in an empty environment) that sets `pools = {...}` and
+-- optionally `grace = seconds`. See docs/pools.md.
+function M.configure(cfg)
+  if type(cfg) == "string" then
+    local env = {}
+    local chunk, err = loadfile(cfg, "t", env)
+    if not chunk then error("actor config: " .. err, 2) end
+    local ok, ret = pcall(chunk)
+    if not ok then error("actor config " .. cfg .. ": " .. tostring(ret), 2) end
+    cfg = type(ret) == "table" and ret or env
+  end
+  if type(cfg) ~= "table" then
+    error("bad argument #1 to 'configure' (table or file name expected, got " .. type(cfg) .. ")", 2)
+  end
+  if cfg.pools ~= nil and type(cfg.pools) ~= "table" then
+    error("actor config: 'pools' must be a table of pool options", 2)
+  end
+  for name, opts in pairs(cfg.pools or {}) do
+    if type(name) ~= "string" or type(opts) ~= "table" then
+      error("actor config: pools." .. tostring(name) .. " must be a table of options", 2)
+    end
+    M.pool(name, opts)
+  end
+  if cfg.grace ~= nil then core.set_grace(cfg.grace) end
 end
 
 function M.pools()
