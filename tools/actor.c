@@ -168,7 +168,7 @@ static int apply_pool(lua_State *L, const char *spec) {
   lua_pushinteger(L, strtol(eq + 1, NULL, 10));
   lua_setfield(L, -2, "threads");
   int st = docall(L, 2, 0);
-  lua_pop(L, 1);
+  lua_remove(L, st == LUA_OK ? -1 : -2); /* the actor module */
   return report(L, st);
 }
 
@@ -179,7 +179,7 @@ static int apply_config(lua_State *L, const char *path) {
   lua_getfield(L, -1, "configure");
   lua_pushstring(L, path);
   int st = docall(L, 1, 0);
-  lua_pop(L, 1);
+  lua_remove(L, st == LUA_OK ? -1 : -2); /* the actor module */
   return report(L, st);
 }
 
