@@ -612,17 +612,20 @@ static int pack_name(enc_ctx *c, const char *s, size_t n) {
 }
 
 /* Writes the entries of the table at idx as map keys and values; counts
- * them into *count. */
-static int enc_map_entries(enc_ctx *c, int idx, int depth, size_t *count) {
+ * them into *count. With `started`, the first key and value are already on
+ * top of the stack (pushed by the caller's lua_next). */
+static int enc_map_entries(enc_ctx *c, int idx, int depth, size_t *count, int started) {
   lua_State *L = c->L;
   codec_enc *e = c->e;
   size_t n = 0;
   if (fr_push(e, FR_MAPKEY, 0, 0)) return fail(c, "out of memory");
-  frame *f = &e->fr[e->nfr - 1];
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
+  if (!started) {
+    lua_pushnil(L);
+    if (!lua_next(L, idx)) goto done;
+  }
+  do {
     int k = lua_gettop(L) - 1;
-    f = &e->fr[e->nfr - 1]; /* the frame array may have moved */
+    frame *f = &e->fr[e->nfr - 1]; /* the frame array may have moved */
     f->kind = FR_MAPKEY;
     f->idx = k;
     if (enc_any(c, k, depth + 1)) return -1;
@@ -630,7 +633,8 @@ static int enc_map_entries(enc_ctx *c, int idx, int depth, size_t *count) {
     if (enc_any(c, k + 1, depth + 1)) return -1;
     lua_pop(L, 1);
     n++;
-  }
+  } while (lua_next(L, idx));
+done:
   e->nfr--;
   *count = n;
   return 0;
@@ -651,12 +655,11 @@ static int enc_table_body(enc_ctx *c, int idx, int depth) {
       W(msgpack_pack_array(&e->pk, 0));
       return 0;
     }
-    lua_pop(L, 2);
     unsigned char h[5] = {0xdf, 0, 0, 0, 0};
     size_t at = e->out->len;
     W(enc_write(e, (const char *)h, 5));
     size_t count;
-    if (enc_map_entries(c, idx, depth, &count)) return -1;
+    if (enc_map_entries(c, idx, depth, &count, 1)) return -1;
     if (count > UINT32_MAX) return fail(c, "table too large");
     unsigned char *p = (unsigned char *)e->out->data + at;
     size_t body = e->out->len - at - 5;
@@ -697,7 +700,7 @@ static int enc_table_body(enc_ctx *c, int idx, int depth) {
   if (count > UINT32_MAX) return fail(c, "table too large");
   W(msgpack_pack_map(&e->pk, count));
   size_t written;
-  return enc_map_entries(c, idx, depth, &written);
+  return enc_map_entries(c, idx, depth, &written, 0);
 }
 
 static int enc_timestamp(enc_ctx *c, int idx) {
@@ -1004,7 +1007,8 @@ static int enc_userdata(enc_ctx *c, int idx, int depth) {
 static int enc_any(enc_ctx *c, int idx, int depth) {
   lua_State *L = c->L;
   codec_enc *e = c->e;
-  switch (lua_type(L, idx)) {
+  int t = lua_type(L, idx);
+  switch (t) {
   case LUA_TNIL: W(msgpack_pack_nil(&e->pk)); return 0;
   case LUA_TBOOLEAN:
     if (lua_toboolean(L, idx)) W(msgpack_pack_true(&e->pk));
@@ -1040,7 +1044,6 @@ static int enc_any(enc_ctx *c, int idx, int depth) {
     /* These may leave helper values on the stack; on failure they stay,
      * because the error path still reads the keys below them. */
     int top = lua_gettop(L);
-    int t = lua_type(L, idx);
     int r = t == LUA_TTABLE ? enc_table(c, idx, depth)
             : t == LUA_TFUNCTION ? enc_function(c, idx, depth) : enc_userdata(c, idx, depth);
     if (r == 0) lua_settop(L, top);
@@ -1176,9 +1179,12 @@ static int dec_container(dec *d, int depth, size_t n, int map, size_t at) {
   }
   for (size_t i = 0; i < n; i++) {
     size_t kat = d->pos;
+    /* Only nil and floats can be invalid keys; look at the first byte
+     * rather than asking Lua about every key. */
+    unsigned kb = kat < d->len ? d->p[kat] : 0;
     if (dec_any(d, depth + 1)) return -1;
-    if (lua_isnil(L, -1)) return derr(d, "invalid map key nil at offset %zu", kat);
-    if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1) && isnan(lua_tonumber(L, -1)))
+    if (kb == 0xc0) return derr(d, "invalid map key nil at offset %zu", kat);
+    if ((kb == 0xca || kb == 0xcb) && isnan(lua_tonumber(L, -1)))
       return derr(d, "invalid map key NaN at offset %zu", kat);
     if (dec_any(d, depth + 1)) return -1;
     lua_rawset(L, t);
