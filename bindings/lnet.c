@@ -285,14 +285,16 @@ static int ts_url(lua_State *L) {
   return 1;
 }
 
-/* _test_http_server(port, body [, content_type]): serves `body` for GET of
- * any path under "/" on 127.0.0.1:port (0: a free port; see :port()).
- * Other methods get 405. Stop it with :close() (also on collection). */
+/* _test_http_server(port, body [, content_type [, path]]): serves `body`
+ * for GET on 127.0.0.1:port (0: a free port; see :port()), for any path
+ * under "/", or only for `path` when given (other paths get 404). Other
+ * methods get 405. Stop it with :close() (also on collection). */
 static int net_test_http_server(lua_State *L) {
   lua_Integer port = luaL_checkinteger(L, 1);
   size_t blen;
   const char *body = luaL_checklstring(L, 2, &blen);
   const char *ctype = luaL_optstring(L, 3, "text/plain");
+  const char *path = luaL_optstring(L, 4, NULL);
   luaL_argcheck(L, port >= 0 && port <= 65535, 1, "port out of range");
   test_server *s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
@@ -315,9 +317,9 @@ static int net_test_http_server(lua_State *L) {
   int rv = nng_url_parse(&u, addr);
   if (rv == 0) rv = nng_http_server_hold(&s->srv, u);
   nng_url_free(u);
-  if (rv == 0) rv = nng_http_handler_alloc_static(&h, "/", s->body, blen, ctype);
+  if (rv == 0) rv = nng_http_handler_alloc_static(&h, path ? path : "/", s->body, blen, ctype);
   if (rv == 0) {
-    nng_http_handler_set_tree(h);
+    if (!path) nng_http_handler_set_tree(h);
     rv = nng_http_server_add_handler(s->srv, h);
     if (rv != 0) nng_http_handler_free(h);
   }
