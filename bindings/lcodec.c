@@ -104,8 +104,11 @@ static int l_register(lua_State *L) {
   int hooks = 0;
   if (!lua_isnoneornil(L, 3)) {
     luaL_checktype(L, 3, LUA_TTABLE);
-    lua_getfield(L, 3, "serialize");
-    lua_getfield(L, 3, "deserialize");
+    /* Read raw, as the codec reads them. */
+    lua_pushliteral(L, "serialize");
+    lua_rawget(L, 3);
+    lua_pushliteral(L, "deserialize");
+    lua_rawget(L, 3);
     luaL_argcheck(L, lua_isfunction(L, -2) && lua_isfunction(L, -1), 3,
                   "hooks need both serialize and deserialize functions");
     lua_pop(L, 2);

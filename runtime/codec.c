@@ -94,6 +94,14 @@ void codec_limits_default(codec_limits *lim) {
 /* ------------------------------------------------------------------------ */
 /* Registry helpers shared by encoder, decoder and bindings */
 
+/* Raw t[k] for a string key (never runs metamethods: the encoder must not
+ * call Lua code other than hooks). Returns the value's type. */
+static int rawfield(lua_State *L, int t, const char *k) {
+  t = lua_absindex(L, t);
+  lua_pushstring(L, k);
+  return lua_rawget(L, t);
+}
+
 /* Pushes registry[key], creating an empty table there first if needed.
  * Raises only on memory errors. */
 static void reg_table(lua_State *L, const char *key) {
@@ -236,10 +244,10 @@ void codec_index_cfunctions(lua_State *L) {
   int g = lua_gettop(L);
   index_table(L, cf2name, name2cf, NULL, g, 0);
   for (int i = 0; libs[i]; i++) {
-    if (lua_getfield(L, g, libs[i]) == LUA_TTABLE) index_table(L, cf2name, name2cf, libs[i], -1, 0);
+    if (rawfield(L, g, libs[i]) == LUA_TTABLE) index_table(L, cf2name, name2cf, libs[i], -1, 0);
     lua_pop(L, 1);
   }
-  if (lua_getfield(L, g, "msys") == LUA_TTABLE) index_table(L, cf2name, name2cf, "msys", -1, 1);
+  if (rawfield(L, g, "msys") == LUA_TTABLE) index_table(L, cf2name, name2cf, "msys", -1, 1);
   lua_pop(L, 1);
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   if (lua_istable(L, -1)) {
@@ -706,8 +714,8 @@ static int enc_table_body(enc_ctx *c, int idx, int depth) {
 static int enc_timestamp(enc_ctx *c, int idx) {
   lua_State *L = c->L;
   int ok1, ok2;
-  lua_getfield(L, idx, "sec");
-  lua_getfield(L, idx, "nsec");
+  rawfield(L, idx, "sec");
+  rawfield(L, idx, "nsec");
   lua_Integer sec = lua_tointegerx(L, -2, &ok1);
   lua_Integer nsec = lua_isnil(L, -1) ? 0 : lua_tointegerx(L, -1, &ok2);
   if (lua_isnil(L, -1)) ok2 = 1;
@@ -740,8 +748,8 @@ static int enc_timestamp(enc_ctx *c, int idx) {
 static int enc_rawext(enc_ctx *c, int idx) {
   lua_State *L = c->L;
   int ok;
-  lua_getfield(L, idx, "type");
-  lua_getfield(L, idx, "data");
+  rawfield(L, idx, "type");
+  rawfield(L, idx, "data");
   lua_Integer t = lua_tointegerx(L, -2, &ok);
   if (!ok || t < -128 || t > 127 || lua_type(L, -1) != LUA_TSTRING) {
     lua_pop(L, 2);
@@ -768,7 +776,7 @@ static int enc_hooked(enc_ctx *c, int idx, const char *name, int depth) {
   if (depth >= e->lim.max_depth) return fail(c, "nesting deeper than %d", e->lim.max_depth);
   if (ext_begin(c, CODEC_EXT_SERIALIZED, &at)) return -1;
   if (pack_name(c, name, strlen(name))) return -1;
-  lua_getfield(L, -1, "serialize");
+  rawfield(L, -1, "serialize");
   lua_pushvalue(L, idx);
   e->in_hook++;
   int st = lua_pcall(L, 1, 1, 0);
@@ -801,7 +809,7 @@ static const char *mt_lookup(lua_State *L, int *hooked) {
   lua_replace(L, -4);  /* name mt2name name */
   lua_pop(L, 2);       /* name (stays on the stack to keep it alive) */
   reg_table(L, REG_HOOKS);
-  if (lua_getfield(L, -1, name) == LUA_TTABLE) {
+  if (rawfield(L, -1, name) == LUA_TTABLE) {
     lua_remove(L, -2);
     *hooked = 1;       /* name hooks */
   } else {
@@ -990,7 +998,7 @@ static int enc_userdata(enc_ctx *c, int idx, int depth) {
   if (ph_find(&e->seen, e->gen, p, &ref)) return pack_fixext4(c, CODEC_EXT_REF, ref);
   if (!lua_checkstack(L, 8)) return fail(c, "nesting too deep for the Lua stack");
   if (lua_getmetatable(L, idx)) {
-    lua_getfield(L, -1, "__name");
+    rawfield(L, -1, "__name");
     const char *tn = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
     char tname[128];
     snprintf(tname, sizeof tname, "%s", tn ? tn : "");
@@ -1376,7 +1384,7 @@ static int dec_ext(dec *d, int depth, int8_t type, size_t n, size_t at) {
     } else {
       reg_table(L, REG_HOOKS);
       lua_pushvalue(L, name);
-      if (lua_rawget(L, -2) != LUA_TTABLE || lua_getfield(L, -1, "deserialize") != LUA_TFUNCTION)
+      if (lua_rawget(L, -2) != LUA_TTABLE || rawfield(L, -1, "deserialize") != LUA_TFUNCTION)
         return derr(d, "no deserialize hook registered for '%s' at offset %zu", lua_tostring(L, name), at);
       if (dec_any(d, depth + 1)) return -1;
       if (lua_pcall(L, 1, 1, 0) != LUA_OK) {

@@ -477,6 +477,19 @@ static void test_hook_cannot_reenter(void **st) {
          "assert(c.decode(c.encode(5)) == 5)");
 }
 
+/* The codec reads raw: a strict _G (erroring __index) or proxies with
+ * __index/__pairs never run while encoding. */
+static void test_no_metamethods(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  run(L, "setmetatable(_G, {__index = function(_, k) error('strict: ' .. tostring(k)) end})");
+  expect_enc_error(L, "io.stdout.write", "f", "cannot send f: a C function not known by name");
+  run(L, "local c = require'actor.codec' local P = {__pairs = function() error('pairs!') end, "
+         "__index = function() error('index!') end, __len = function() error('len!') end} "
+         "c.register('Proxy', P) "
+         "local r = c.decode(c.encode(setmetatable({1, 2, x = 3}, P))) "
+         "assert(rawget(r, 1) == 1 and rawget(r, 'x') == 3 and getmetatable(r) == P)");
+}
+
 static void test_refused_on_decode(void **st) {
   lua_State *L = ((lua_State **)*st)[0];
   codec_dec_opts o = trusted();
@@ -520,6 +533,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_drop_metatables, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refused_on_decode, setup, teardown),
       cmocka_unit_test_setup_teardown(test_hook_cannot_reenter, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_no_metamethods, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
