@@ -41,6 +41,7 @@ enum wire_type {
   MSG_REPLIES = 3,      /* worker -> scheduler: a batch of replies */
   MSG_NESTED_CALL = 4,  /* worker -> scheduler: a sync call made in a pool */
   MSG_NESTED_REPLY = 5, /* scheduler -> worker: the reply to it */
+  MSG_GC = 6,           /* scheduler -> worker: full collection (control.c) */
 };
 
 /* Every message starts with this header; records follow back to back.
@@ -59,6 +60,13 @@ typedef struct wire_job {
   uint32_t len;        /* payload bytes that follow */
   uint32_t reserved;
 } wire_job;
+
+/* MSG_GC body after the header: the worker collects its state, then calls
+ * done(ud, bytes before, bytes after) on its own thread, exactly once. */
+typedef struct wire_gc {
+  void (*done)(void *ud, size_t before, size_t after);
+  void *ud;
+} wire_gc;
 
 typedef struct wire_reply {
   uint64_t id;
@@ -179,6 +187,15 @@ typedef struct post_item {
   struct post_item *next;
 } post_item;
 
+/* api.c: a C module a host registered for every worker state. The list
+ * only grows while the runtime lives; a node is immutable once published,
+ * so pool threads read it without a lock. api.c frees it after close. */
+typedef struct actor_cmod {
+  const char *name;
+  lua_CFunction open;
+  struct actor_cmod *next;
+} actor_cmod;
+
 typedef struct timer timer;
 struct timer {
   double when;
@@ -224,6 +241,7 @@ struct actor_rt {
   double started_at;
   codec_buf scratch;
   int traceback_ref;
+  _Atomic(actor_cmod *) cmods; /* api.c: host C modules for worker states */
 };
 
 /* runtime.c */

@@ -484,6 +484,13 @@ static int setup_state(lua_State *L) {
   lua_pop(L, 1);
   actor__install_searcher(L);
   actor__preload_optional(L);
+  /* C modules the host registered with actor_register_module() (api.c) */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (actor_cmod *m = atomic_load(&w->p->rt->cmods); m; m = m->next) {
+    lua_pushcfunction(L, m->open);
+    lua_setfield(L, -2, m->name);
+  }
+  lua_pop(L, 1);
   /* the core table the Lua side of the worker builds on */
   lua_newtable(L);
   static const luaL_Reg core[] = {
@@ -529,6 +536,14 @@ static int handle_msg(wctx *c, nng_msg *m) {
   memcpy(&h, body, sizeof h);
   if (h.version != WIRE_VERSION) return 0;
   if (h.type == MSG_STOP) return 1;
+  if (h.type == MSG_GC && len >= sizeof h + sizeof(wire_gc)) {
+    wire_gc g; /* actorctl gc (control.c): collect on this thread */
+    memcpy(&g, body + sizeof h, sizeof g);
+    size_t before = c->used;
+    if (c->L) lua_gc(c->L, LUA_GCCOLLECT);
+    g.done(g.ud, before, c->used);
+    return 0;
+  }
   if (h.type != MSG_JOBS) return 0;
   size_t off = sizeof h;
   for (uint32_t i = 0; i < h.count; i++) {
