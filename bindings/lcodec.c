@@ -9,6 +9,8 @@
  *   codec.limits([{max_depth=, max_size=}]) -> {max_depth=, max_size=}
  *   codec.timestamp(sec [, nsec]) -> timestamp value (msgpack ext -1)
  *   codec.ext(type, data)         -> raw ext value
+ *   codec.cache_functions(n)      receiving-side function cache of this state
+ *                                 (n entries; 0 = off), see codec.h
  *
  * Threading: the functions use the calling state's encoder and registry
  * only; every state loads its own copy of the module.
@@ -168,7 +170,15 @@ static int l_ext(lua_State *L) {
   return 1;
 }
 
+static int l_cache_functions(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0 && n <= 1000000, 1, "0..1000000 expected");
+  codec_fn_cache_enable(L, (int)n);
+  return 0;
+}
+
 static const luaL_Reg codec_funcs[] = {
+    {"cache_functions", l_cache_functions},
     {"encode", l_encode},   {"encode_with", l_encode_with}, {"decode", l_decode},
     {"register", l_register}, {"limits", l_limits},         {"timestamp", l_timestamp},
     {"ext", l_ext},         {NULL, NULL}};

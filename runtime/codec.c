@@ -304,6 +304,8 @@ struct codec_enc {
   int nfr, capfr;
   codec_buf scratch;    /* used by actor.codec.encode */
   int in_hook;          /* > 0 while a serialize hook runs (protected) */
+  int fcache_max;       /* receiving-side function cache: 0 = off */
+  int fcache_n;         /* entries (bytecode -> closure) in the cache */
 };
 
 static uint32_t hash_ptr(const void *p) {
@@ -1097,9 +1099,19 @@ typedef struct dec {
   const codec_dec_opts *o;
   int max_depth;
   int refs;    /* stack index of the reference table (nil until needed):
-                * refs[i] is object #i-1, refs[-k] the code of upvalue #k-1 */
+                * refs[i] is object #i-1, refs[-k] the code of upvalue #k-1
+                * for k > 64 (see uvbuf) */
   lua_Integer nrefs, nuv;
   int reindexed;
+  int fcache;  /* stack index of the function cache table, or 0 */
+  /* Codes (function ref * 256 + upvalue number) of the first upvalues;
+   * later ones go to refs[-k] (rehashing a Lua table for a few negative
+   * keys per message cost more than the rest of decoding a closure). */
+  lua_Integer uvbuf[64];
+  /* Cached closures handed out in this message (reused at most once). */
+  const void *fc_used[16];
+  int nfc_used;
+  codec_enc *fc_owner; /* holds the cache's counters */
   char err[512];
 } dec;
 
@@ -1244,6 +1256,48 @@ static const char *chunk_reader(lua_State *L, void *ud, size_t *sz) {
   return *sz ? r->s : NULL;
 }
 
+/* Receiving-side function cache (opt-in, see codec_fn_cache_enable).
+ * The table maps bytecode -> closure and closure -> bytecode. A cached
+ * closure is handed out again only if none of its upvalues was ever joined
+ * (a join makes an UpVal shared, and the API cannot make a fresh one), and
+ * at most once per message (tracked for the first 16 cached closures of a
+ * message; later ones are loaded and not cached). Every upvalue of a reused closure is set again
+ * by the message. */
+static const char fcache_key = 0;
+
+void codec_fn_cache_enable(lua_State *L, int max_entries) {
+  codec_enc *e = codec_enc_get(L);
+  e->fcache_max = max_entries > 0 ? max_entries : 0;
+  e->fcache_n = 0;
+  if (e->fcache_max) lua_newtable(L);
+  else lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &fcache_key);
+}
+
+/* Removes the closure at stack index f from the cache (it had an upvalue
+ * joined). */
+static void fcache_taint(dec *d, int f) {
+  lua_State *L = d->L;
+  if (!d->fcache) return;
+  f = lua_absindex(L, f);
+  lua_pushvalue(L, f);
+  if (lua_rawget(L, d->fcache) == LUA_TSTRING) {
+    lua_pushnil(L);
+    lua_rawset(L, d->fcache); /* cache[bytecode] = nil */
+    lua_pushvalue(L, f);
+    lua_pushnil(L);
+    lua_rawset(L, d->fcache); /* cache[f] = nil */
+    d->fc_owner->fcache_n--;
+  } else {
+    lua_pop(L, 1);
+  }
+}
+
+/* Pushes the closure for bytecode bc: a cached one not yet used in this
+ * message, or a freshly loaded one (cached when there is room). Returns 0
+ * or -1 with d->err set. */
+static int fcache_load(dec *d, const char *bc, size_t bn, size_t at);
+
 static int dec_function(dec *d, int depth, size_t at) {
   lua_State *L = d->L;
   const char *bc;
@@ -1251,10 +1305,14 @@ static int dec_function(dec *d, int depth, size_t at) {
   if (depth >= d->max_depth) return derr(d, "nesting deeper than %d at offset %zu", d->max_depth, at);
   if (!lua_checkstack(L, 8)) return derr(d, "nesting too deep for the Lua stack at offset %zu", at);
   if (dec_rawstr(d, &bc, &bn, "function bytecode")) return -1;
-  rdctx r = {bc, bn};
-  if (lua_load(L, chunk_reader, &r, "=(codec)", "b") != LUA_OK) {
-    const char *m = lua_tostring(L, -1);
-    return derr(d, "invalid function at offset %zu: %s", at, m ? m : "?");
+  if (d->fcache) {
+    if (fcache_load(d, bc, bn, at)) return -1;
+  } else {
+    rdctx r = {bc, bn};
+    if (lua_load(L, chunk_reader, &r, "=(codec)", "b") != LUA_OK) {
+      const char *m = lua_tostring(L, -1);
+      return derr(d, "invalid function at offset %zu: %s", at, m ? m : "?");
+    }
   }
   reg_obj(d);
   int f = lua_gettop(L);
@@ -1276,19 +1334,76 @@ static int dec_function(dec *d, int depth, size_t at) {
       lua_Integer k = (lua_Integer)rd_be(d->p + d->pos + 2, 4);
       d->pos += 6;
       if (k >= d->nuv) return derr(d, "invalid upvalue reference #%lld at offset %zu", (long long)k, uat);
-      lua_rawgeti(L, d->refs, -(k + 1));
-      lua_Integer code = lua_tointeger(L, -1);
-      lua_pop(L, 1);
+      lua_Integer code;
+      if (k < 64) {
+        code = d->uvbuf[k];
+      } else {
+        lua_rawgeti(L, d->refs, -(k + 1));
+        code = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+      }
       lua_rawgeti(L, d->refs, code >> 8);
       lua_upvaluejoin(L, f, i, -1, (int)(code & 0xff));
+      fcache_taint(d, -1);
+      fcache_taint(d, f);
       lua_pop(L, 1);
       continue;
     }
-    lua_pushinteger(L, fref * 256 + i);
-    lua_rawseti(L, d->refs, -(++d->nuv));
+    if (d->nuv < 64) {
+      d->uvbuf[d->nuv++] = fref * 256 + i;
+    } else {
+      lua_pushinteger(L, fref * 256 + i);
+      lua_rawseti(L, d->refs, -(++d->nuv));
+    }
     if (dec_any(d, depth + 1)) return -1;
     if (lua_setupvalue(L, f, i) == NULL) return derr(d, "invalid function at offset %zu: no upvalue %d", at, i);
   }
+  return 0;
+}
+
+static int fcache_used(const dec *d, const void *f) {
+  for (int i = 0; i < d->nfc_used; i++)
+    if (d->fc_used[i] == f) return 1;
+  return 0;
+}
+
+static int fcache_load(dec *d, const char *bc, size_t bn, size_t at) {
+  lua_State *L = d->L;
+  lua_pushlstring(L, bc, bn);              /* key */
+  int key = lua_gettop(L);
+  lua_pushvalue(L, key);
+  int cached = lua_rawget(L, d->fcache) == LUA_TFUNCTION;
+  if (cached && d->nfc_used < 16 && !fcache_used(d, lua_topointer(L, -1))) {
+    d->fc_used[d->nfc_used++] = lua_topointer(L, -1);
+    lua_remove(L, key);
+    return 0;
+  }
+  lua_pop(L, 1);
+  rdctx r = {bc, bn};
+  if (lua_load(L, chunk_reader, &r, "=(codec)", "b") != LUA_OK) {
+    const char *m = lua_tostring(L, -1);
+    return derr(d, "invalid function at offset %zu: %s", at, m ? m : "?");
+  }
+  int f = lua_gettop(L);
+  codec_enc *e = d->fc_owner;
+  if (!cached && d->nfc_used < 16) {
+    d->fc_used[d->nfc_used++] = lua_topointer(L, f);
+    if (e->fcache_n >= e->fcache_max) { /* full: start over */
+      lua_newtable(L);
+      lua_pushvalue(L, -1);
+      lua_rawsetp(L, LUA_REGISTRYINDEX, &fcache_key);
+      lua_replace(L, d->fcache);
+      e->fcache_n = 0;
+    }
+    lua_pushvalue(L, key);
+    lua_pushvalue(L, f);
+    lua_rawset(L, d->fcache);
+    lua_pushvalue(L, f);
+    lua_pushvalue(L, key);
+    lua_rawset(L, d->fcache);
+    e->fcache_n++;
+  }
+  lua_remove(L, key);
   return 0;
 }
 
@@ -1545,6 +1660,17 @@ static int decode_n(lua_State *L, const char *data, size_t len, size_t *pos, con
   d.reindexed = 0;
   lua_pushnil(L);
   d.refs = lua_gettop(L);
+  d.fcache = 0;
+  d.fc_owner = NULL;
+  d.nfc_used = 0;
+  if (o->trusted) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &fcache_key) == LUA_TTABLE) {
+      d.fcache = lua_gettop(L);
+      d.fc_owner = codec_enc_get(L);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
   int n = 0;
   while (d.pos < len && n < max) {
     if (!lua_checkstack(L, 4)) {
@@ -1560,6 +1686,7 @@ static int decode_n(lua_State *L, const char *data, size_t len, size_t *pos, con
     n++;
   }
   *pos = d.pos;
+  if (d.fcache) lua_remove(L, d.fcache);
   lua_remove(L, base + 1);
   return n;
 }

@@ -133,6 +133,19 @@ void codec_enc_set_flags(codec_enc *e, unsigned flags);
 void codec_limits_of(lua_State *L, codec_limits *lim);
 void codec_limits_set(lua_State *L, const codec_limits *lim);
 
+/* Receiving-side function cache of this state (DESIGN §3), off by default.
+ * With max_entries > 0, trusted decodes keep each loaded function keyed by
+ * its bytecode and hand the same closure object out again for a later
+ * message carrying the same bytecode, instead of loading it again; all of
+ * its upvalues are set afresh from the message. A closure is reused at most
+ * once per message and never once one of its upvalues was joined to share
+ * with another closure. Consequence: a job that keeps its own closure (or a
+ * closure created by it that captured its upvalues) past its end sees the
+ * next job's upvalue values. Cached closures keep their last upvalues
+ * alive until reused. When full the cache starts over. 0 disables it and
+ * drops the cache. Raises only on memory errors. */
+void codec_fn_cache_enable(lua_State *L, int max_entries);
+
 /* Registers metatable at stack index mt under name; hooks is 0 or the stack
  * index of a table {serialize=f, deserialize=f}. Returns -1 for reserved
  * names ("msgpack.*"), else 0. Raises only on memory errors. */

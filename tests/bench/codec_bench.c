@@ -206,9 +206,10 @@ int main(int argc, char **argv) {
   }
   /* Extra figures: (b) with a fresh closure per message, (c) owned floor. */
   double *bf = calloc((size_t)runs, sizeof(double)), *make = calloc((size_t)runs, sizeof(double));
-  double *co = calloc((size_t)runs, sizeof(double));
+  double *co = calloc((size_t)runs, sizeof(double)), *bc_on = calloc((size_t)runs, sizeof(double));
   for (int r = 0; r < runs; r++) {
     int n = iters[1];
+    lua_gc(L, LUA_GCCOLLECT);
     double t0 = now_us();
     for (int i = 0; i < n; i++) {
       lua_getglobal(L, "MAKE");
@@ -229,6 +230,18 @@ int main(int argc, char **argv) {
     t0 = now_us();
     for (int i = 0; i < n; i++) floor_c_owned(&sb, &u, cs, cn);
     co[r] = (now_us() - t0) / n;
+    /* (b) with the receiving side's function cache on. Collect first: the
+     * fresh-closure loop left garbage (closures, dump cache entries) whose
+     * collection would otherwise be charged to this loop. */
+    lua_gc(L, LUA_GCCOLLECT);
+    codec_fn_cache_enable(L, 64);
+    lua_getglobal(L, "B");
+    n = iters[1];
+    t0 = now_us();
+    for (int i = 0; i < n; i++) codec_round(L, e, &b, 1);
+    bc_on[r] = (now_us() - t0) / n;
+    lua_pop(L, 1);
+    codec_fn_cache_enable(L, 0);
     lua_gc(L, LUA_GCSTEP, 0);
   }
   static const char *const what[3] = {"1000-element array of small maps", "closure with 5 upvalues",
@@ -244,6 +257,9 @@ int main(int argc, char **argv) {
       double x = median(bf, runs);
       printf("# (b) fresh closure per message (dump cache cannot help): codec %.2f us, ratio %.2f\n", x, x / f);
       printf("RESULT codec_b_fresh_us %.3f us\n", x);
+      double y = median(bc_on, runs);
+      printf("# (b) with the receiver's function cache on (no lua_load): codec %.2f us, ratio %.2f\n", y, y / f);
+      printf("RESULT codec_b_fncache_us %.3f us\n", y);
     }
     if (p == 2) {
       double o = median(co, runs);
@@ -258,6 +274,7 @@ int main(int argc, char **argv) {
   free(bf);
   free(make);
   free(co);
+  free(bc_on);
   msgpack_unpacked_destroy(&u);
   msgpack_sbuffer_destroy(&sb);
   codec_buf_fini(&b);

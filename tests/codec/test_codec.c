@@ -490,6 +490,28 @@ static void test_no_metamethods(void **st) {
          "assert(rawget(r, 1) == 1 and rawget(r, 'x') == 3 and getmetatable(r) == P)");
 }
 
+static void test_function_cache(void **st) {
+  lua_State *A = ((lua_State **)*st)[0], *B = ((lua_State **)*st)[1];
+  codec_fn_cache_enable(B, 16);
+  run(A, "function make(n) return function() return n end end "
+         "function pair(c) return {inc = function() c = c + 1 end, get = function() return c end} end");
+  run(B, "seen = {}");
+  /* The same bytecode again: the same closure object, with fresh upvalues. */
+  cross(st, "make(1)", "v() == 1 and (function() seen.f = v return true end)()");
+  cross(st, "make(2)", "v() == 2 and v == seen.f");
+  /* Twice in one message: two closures. */
+  cross(st, "{make(3), make(4)}", "v[1]() == 3 and v[2]() == 4 and v[1] ~= v[2]");
+  /* Once joined, never reused: a later message where the two closures do
+   * not share must not see the old join. */
+  cross(st, "pair(0)", "(function() v.inc() return v.get() == 1 end)()");
+  cross(st, "(function() local a, b = pair(10), pair(20) return {inc = a.inc, get = b.get} end)()",
+        "(function() v.inc() return v.get() == 20 end)()");
+  cross(st, "(function() local a, b = pair(10), pair(20) return {inc = a.inc, get = b.get} end)()",
+        "(function() v.inc() return v.get() == 20 end)()");
+  codec_fn_cache_enable(B, 0);
+  cross(st, "make(5)", "v() == 5 and v ~= seen.f");
+}
+
 static void test_refused_on_decode(void **st) {
   lua_State *L = ((lua_State **)*st)[0];
   codec_dec_opts o = trusted();
@@ -534,6 +556,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_refused_on_decode, setup, teardown),
       cmocka_unit_test_setup_teardown(test_hook_cannot_reenter, setup, teardown),
       cmocka_unit_test_setup_teardown(test_no_metamethods, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_function_cache, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
