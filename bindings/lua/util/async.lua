@@ -326,6 +326,27 @@ local function tick_fn(r)
   return f
 end
 
+-- What happens after a parked item was resumed: it finished (the runner is
+-- ready again and may have more queued), or it raised.
+local function after_ready(r)
+  if next_tick == immediate_tick then
+    r.state = "ready"
+    r:run()
+  else
+    next_tick(tick_fn(r))
+  end
+end
+
+local function after_error(r, thread, err)
+  if r == nil or r.thread ~= thread then
+    log("warn", "unexpected async state: unable to locate runner during error handling")
+    return false
+  end
+  call_watcher(r, "error", traceback(thread, err))
+  r.state = "ready"
+  return r:run()
+end
+
 -- Resumes a coroutine parked by wait() or a guard.
 local function continue(thread)
   if co_status(thread) ~= "suspended" then
@@ -348,21 +369,9 @@ local function continue(thread)
     ok, state = co_resume(thread)
   end
   if not ok then
-    if r == nil or r.thread ~= thread then
-      log("warn", "unexpected async state: unable to locate runner during error handling")
-      return false
-    end
-    call_watcher(r, "error", traceback(thread, state))
-    r.state = "ready"
-    return r:run()
+    return after_error(r, thread, state)
   elseif state == "ready" and r ~= nil then
-    -- The item finished: the runner is ready again and may have more queued.
-    if next_tick == immediate_tick then
-      r.state = "ready"
-      r:run()
-    else
-      next_tick(tick_fn(r))
-    end
+    after_ready(r)
   end
   return true
 end
@@ -453,6 +462,27 @@ local function waiter(num, allow_many)
   end
 end
 
+-- The C hot path (bindings/lasync.c, module actor.asynccore) when the
+-- runtime provides it: the same waiter, with wait/done as C closures and the
+-- common resume done in C; the rules above stay the only ones (it calls
+-- continue, after_ready, after_error and waiter_wide for everything else).
+-- ACTOR_ASYNC_PURE_LUA=1 in the environment keeps the Lua waiter.
+local lua_waiter = waiter
+do
+  local getenv = os.getenv
+  local ok, core = false, nil
+  if not (getenv and getenv("ACTOR_ASYNC_PURE_LUA") == "1") then
+    ok, core = pcall(require, "actor.asynccore")
+  end
+  if ok and type(core) == "table" and core.setup then
+    waiter = core.setup {
+      runner_of = runner_of, tls_of = tls_of, G = G, get_tls = get_tls,
+      continue = continue, after_ready = after_ready, after_error = after_error,
+      waiter_wide = waiter_wide, not_async = NOT_ASYNC,
+    }
+  end
+end
+
 local function guarder()
   local guards = {}
   local default_id = {}
@@ -529,6 +559,10 @@ local M = {
   default_runner_func = default_func,
 }
 
+-- Which waiter is in use ("c" or "lua"), and the pure-Lua one (for tests).
+M._impl = waiter == lua_waiter and "lua" or "c"
+M._lua_waiter = lua_waiter
+
 -- nil restores the default (the runtime's if it installed one).
 function M.set_nexttick(f)
   user_next_tick = f ~= nil
@@ -570,6 +604,23 @@ function M._set_tls(r, t) tls_of[r] = t end
 
 -- _set_tls_factory(f): f(runner) makes a runner's session table (nil: {}).
 function M._set_tls_factory(f) tls_factory = f end
+
+-- _runners(): every runner that has a coroutine or is parked, as a list
+-- (for the control socket's `runners` and `trace`; see docs/actorctl.md).
+function M._runners()
+  local list, seen = {}, {}
+  for r in pairs(waiting_runners) do
+    seen[r] = true
+    list[#list + 1] = r
+  end
+  for thread, r in pairs(runner_of) do
+    if not seen[r] and r.thread == thread then
+      seen[r] = true
+      list[#list + 1] = r
+    end
+  end
+  return list
+end
 
 -- _set_logger(f): f(source, level, fmt, ...) receives every log message
 -- (nil restores the default: warnings and errors to stderr).
