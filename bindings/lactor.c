@@ -80,8 +80,17 @@ void actor__install_searcher(lua_State *L) {
   lua_pop(L, 2);
 }
 
+/* issue 5 (bindings/lasync.c): util.async's C hot path, when linked. */
+int luaopen_actor_asynccore(lua_State *L) __attribute__((weak));
+
 /* package.preload entries for the optional C modules linked in. */
 void actor__preload_optional(lua_State *L) {
+  if (luaopen_actor_asynccore) { /* issue 5: actor.asynccore */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_actor_asynccore);
+    lua_setfield(L, -2, "actor.asynccore");
+    lua_pop(L, 1);
+  } /* end issue 5 */
   if (!luaopen_actor_net) return;
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_actor_net);
@@ -119,10 +128,40 @@ static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
   return codec_buf_append(ud, p, sz);
 }
 
+static int closure_uses_tls_slow(lua_State *L, actor_rt *rt, int fn);
+
+/* Fast path: a weak-keyed table closure -> answer, so sending the same
+ * closure again costs one table lookup. */
 static int closure_uses_tls(lua_State *L, actor_rt *rt, int fn) {
-  lua_Debug ar;
   fn = lua_absindex(L, fn);
   if (lua_iscfunction(L, fn)) return 0;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "actor.tlsclosures") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "actor.tlsclosures");
+  }
+  lua_pushvalue(L, fn);
+  if (lua_rawget(L, -2) != LUA_TNIL) {
+    int r = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    return r;
+  }
+  lua_pop(L, 1);
+  int r = closure_uses_tls_slow(L, rt, fn);
+  lua_pushvalue(L, fn);
+  lua_pushboolean(L, r);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  return r;
+}
+
+static int closure_uses_tls_slow(lua_State *L, actor_rt *rt, int fn) {
+  lua_Debug ar;
   lua_pushvalue(L, fn);
   if (!lua_getinfo(L, ">S", &ar)) return 1;
   lua_getfield(L, LUA_REGISTRYINDEX, "actor.tlscache");

@@ -63,4 +63,18 @@ end
 _G.msys = msys
 actor.msys = msys
 package.loaded.actor = actor
+
+-- Module tables cross by name (see actor.init).
+local codec = actor.codec
+local function by_name(name, t)
+  local mt = { __name = "module " .. name }
+  codec.register("module:" .. name, mt, {
+    serialize = function() return name end,
+    deserialize = function(n) return require(n) end,
+  })
+  if t and getmetatable(t) == nil then setmetatable(t, mt) end
+end
+by_name("actor", actor)
+by_name("util.async", nil)
+by_name("actor.codec", codec)
 return actor
