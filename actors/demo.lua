@@ -24,35 +24,39 @@ local function io_work(path)
   return #data, actor.thread_id(), tostring(_G):match("0x%x+")
 end
 
+local async = require "util.async"
 local t0 = actor.now()
 local results = {}
 
-for i = 1, 3 do
+actor.run(function()
+  -- four runners in parallel; waiter(4) joins them
+  local wait, done = async.waiter(4)
+
+  for i = 1, 3 do
+    actor.spawn(function()
+      local ok, sum, tid, state = msys.runInPool("CPU", function() return cpu_work(200000 * i) end)
+      results[#results + 1] = ok and ("runner %d: CPU job  sum=%d  on thread %s, state %s"):format(i, sum, tid, state)
+        or ("runner %d: CPU job failed: %s"):format(i, sum)
+      local ok2, size, tid2, state2 = actor.call("IO", io_work, arg and arg[0] or "actors/demo.lua")
+      results[#results + 1] = ok2 and ("runner %d: IO job   read %d bytes on thread %s, state %s"):format(i, size, tid2, state2)
+        or ("runner %d: IO job failed: %s"):format(i, size)
+      done()
+    end)
+  end
+
+  -- A closure's upvalues travel with it; an error comes back as false, msg.
+  local greeting = "hello from the scheduler"
   actor.spawn(function()
-    local ok, sum, tid, state = msys.runInPool("CPU", function() return cpu_work(200000 * i) end)
-    assert(ok, sum)
-    results[#results + 1] = ("runner %d: CPU job  sum=%d  on thread %s, state %s"):format(i, sum, tid, state)
-    local ok2, size, tid2, state2 = actor.call("IO", io_work, arg and arg[0] or "actors/demo.lua")
-    assert(ok2, size)
-    results[#results + 1] = ("runner %d: IO job   read %d bytes on thread %s, state %s"):format(i, size, tid2, state2)
+    local ok, msg = actor.call("CPU", function() return greeting:upper() end)
+    results[#results + 1] = ("upvalue round trip: %s, %s"):format(ok, msg)
+    local ok2, err = actor.call("CPU", function() error("boom") end)
+    results[#results + 1] = ("error round trip:   %s, %s"):format(ok2, (tostring(err):gsub("\n.*", "")))
+    done()
   end)
-end
 
--- A closure's upvalues travel with it; an error comes back as false, msg.
-local greeting = "hello from the scheduler"
-actor.spawn(function()
-  local ok, msg = actor.call("CPU", function() return greeting:upper() end)
-  results[#results + 1] = ("upvalue round trip: %s, %s"):format(ok, msg)
-  local ok2, err = actor.call("CPU", function() error("boom") end)
-  results[#results + 1] = ("error round trip:   %s, %s"):format(ok2, (tostring(err):gsub("\n.*", "")))
+  wait() -- parks this runner until all four called done()
 end)
 
--- The main chunk returns; the program drives the loop until every runner
--- is done, then prints what happened.
-actor.timer(0, function()
-  -- runs once the loop starts; parks until the others are done
-  while #results < 8 do actor.sleep(0.01) end
-  table.sort(results)
-  for _, line in ipairs(results) do print(line) end
-  print(("all done in %.3f s; the scheduler thread was never blocked"):format(actor.now() - t0))
-end)
+table.sort(results)
+for _, line in ipairs(results) do print(line) end
+print(("all done in %.3f s; the scheduler thread was never blocked"):format(actor.now() - t0))
