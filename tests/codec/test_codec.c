@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -16,6 +17,10 @@
 #include <lualib.h>
 
 #include "codec.h"
+
+#ifndef ACTOR_SOURCE_DIR
+#define ACTOR_SOURCE_DIR "."
+#endif
 
 static lua_State *new_state(void) {
   lua_State *L = luaL_newstate();
@@ -533,6 +538,27 @@ static void test_refused_on_decode(void **st) {
   lua_pop(L, 1);
 }
 
+/* Runs the Lua example of docs/codec.md (STYLE: every example in the docs
+ * is run by a test). */
+static void test_doc_example(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  const char *path = ACTOR_SOURCE_DIR "/docs/codec.md";
+  FILE *fp = fopen(path, "rb");
+  if (fp == NULL) fail_msg("cannot open %s", path);
+  static char doc[65536];
+  size_t n = fread(doc, 1, sizeof doc - 1, fp);
+  fclose(fp);
+  doc[n] = '\0';
+  char *start = strstr(doc, "```lua\n");
+  assert_non_null(start);
+  start += 7;
+  char *end = strstr(start, "```");
+  assert_non_null(end);
+  if (luaL_loadbuffer(L, start, (size_t)(end - start), "=docs/codec.md") != LUA_OK ||
+      lua_pcall(L, 0, 0, 0) != LUA_OK)
+    fail_msg("docs/codec.md example: %s", lua_tostring(L, -1));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_vectors_scalars, setup, teardown),
@@ -557,6 +583,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_hook_cannot_reenter, setup, teardown),
       cmocka_unit_test_setup_teardown(test_no_metamethods, setup, teardown),
       cmocka_unit_test_setup_teardown(test_function_cache, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_doc_example, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
