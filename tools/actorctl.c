@@ -362,7 +362,7 @@ static json_t *conn_call(conn *c, json_t *req) {
   json_t *r = conn_try(c, text, opt_timeout, &rv);
   free(text);
   if (!r) {
-    if (rv == NNG_ECONNSHUT || rv == NNG_ECLOSED)
+    if (rv == NNG_ECONNSHUT || rv == NNG_ECLOSED || rv == NNG_ECONNRESET || rv == NNG_ECONNREFUSED)
       die("the %s closed the connection before answering (it exited or turned its control socket off)", c->who);
     if (rv == NNG_ETIMEDOUT) {
       /* Tell a stuck scheduler from a dead runtime: the control thread
@@ -373,7 +373,7 @@ static json_t *conn_call(conn *c, json_t *req) {
       if (p)
         die("the %s did not answer within %g s: its control thread is alive, but its scheduler is busy "
             "(a long-running Lua call on the scheduler?)", c->who, opt_timeout);
-      if (prv == NNG_ECONNSHUT) die("the %s went away while we were waiting for it", c->who);
+      if (prv == NNG_ECONNSHUT || prv == NNG_ECONNRESET) die("the %s went away while we were waiting for it", c->who);
       die("the %s did not answer within %g s", c->who, opt_timeout);
     }
     if (rv == NNG_EPROTO) die("the %s sent a reply that is not a JSON object", c->who);
