@@ -14,7 +14,8 @@
  *
  *   resolve(name [, "A"|"AAAA"]) -> { "addr", ... } | nil, err
  *   http_get(url [, timeout | opts]) -> status, body, headers | nil, err
- *   _test_http_server(port, body [, content_type]) -> server (tests only)
+ *   _test_http_server(port, body [, content_type [, path]]) -> server
+ *   _test_poll(fd, seconds) -> readable                 (both: tests only)
  *
  * See docs/async.md ("actor.net").
  */
@@ -22,6 +23,8 @@
 #include <lua.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -336,9 +339,22 @@ static int net_test_http_server(lua_State *L) {
   return 1;
 }
 
+/* _test_poll(fd, seconds) -> readable: poll(2) one descriptor for input,
+ * e.g. actor.fd(), as a host with its own loop would. Tests only. */
+static int net_test_poll(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  double t = luaL_optnumber(L, 2, 0);
+  struct pollfd p = {fd, POLLIN, 0};
+  int rv = poll(&p, 1, t <= 0 ? 0 : (int)(t * 1000 + 0.5));
+  if (rv < 0) return luaL_error(L, "poll: %s", strerror(errno));
+  lua_pushboolean(L, rv > 0 && (p.revents & POLLIN));
+  return 1;
+}
+
 int luaopen_actor_net(lua_State *L) {
   static const luaL_Reg f[] = {{"resolve", net_resolve}, {"http_get", net_http_get},
-                               {"_test_http_server", net_test_http_server}, {NULL, NULL}};
+                               {"_test_http_server", net_test_http_server},
+                               {"_test_poll", net_test_poll}, {NULL, NULL}};
   luaL_newlib(L, f);
   lua_pushstring(L, nng_tls_engine_name());
   lua_setfield(L, -2, "tls_engine");
