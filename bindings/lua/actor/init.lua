@@ -18,13 +18,14 @@ local M = { _VERSION = "actor " .. core.versions().actor, core = core }
 
 ---------------------------------------------------------------- loop hooks
 
--- util.async works out of the box: its next-tick is the loop (it runs at
--- once on the main thread, and is deferred to the loop from inside a
--- coroutine), and its schedule function is the runtime's timer.
-local function nexttick(f)
-  local _, main = co_running()
-  if main then f() else core.tick(f) end
-end
+-- util.async works out of the box: its schedule function is the runtime's
+-- timer. Its next-tick runs the function at once, as Prosody's default
+-- does: deferring it to the loop would change what a Prosody user observes
+-- (a runner's state right after done()). The loop is what calls done() for
+-- replies and timers, so no deep recursion builds up. core.tick remains
+-- available to defer work explicitly (actor.nexttick).
+local function nexttick(f) f() end
+M.nexttick = core.tick
 local function schedule(seconds, f)
   return core.timer(seconds, 0, f)
 end
