@@ -15,6 +15,7 @@
 #include <cmocka.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <msgpack.h>
 
 #include "codec.h"
 
@@ -538,6 +539,48 @@ static void test_refused_on_decode(void **st) {
   lua_pop(L, 1);
 }
 
+/* What the codec writes for plain data, msgpack-c (another implementation)
+ * reads back with the same types. */
+static void test_msgpack_c_reads_ours(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  run(L, "return {1, -200, 1.5, 'str', true, false, {k = 'v'}, math.maxinteger, "
+         "string.rep('x', 70000), require'actor.codec'.timestamp(3, 4)}");
+  codec_buf b;
+  codec_buf_init(&b);
+  codec_enc *e = codec_enc_get(L);
+  codec_enc_begin(e, &b, NULL);
+  assert_int_equal(codec_enc_value(e, L, -1, "v"), 0);
+  lua_pop(L, 1);
+  msgpack_unpacked u;
+  msgpack_unpacked_init(&u);
+  size_t off = 0;
+  assert_int_equal(msgpack_unpack_next(&u, b.data, b.len, &off), MSGPACK_UNPACK_SUCCESS);
+  assert_int_equal(off, b.len);
+  msgpack_object *a = u.data.via.array.ptr;
+  assert_int_equal(u.data.type, MSGPACK_OBJECT_ARRAY);
+  assert_int_equal(u.data.via.array.size, 10);
+  assert_int_equal(a[0].type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+  assert_int_equal(a[0].via.u64, 1);
+  assert_int_equal(a[1].type, MSGPACK_OBJECT_NEGATIVE_INTEGER);
+  assert_int_equal(a[1].via.i64, -200);
+  assert_int_equal(a[2].type, MSGPACK_OBJECT_FLOAT64);
+  assert_true(a[2].via.f64 == 1.5);
+  assert_int_equal(a[3].type, MSGPACK_OBJECT_STR);
+  assert_memory_equal(a[3].via.str.ptr, "str", 3);
+  assert_int_equal(a[4].type, MSGPACK_OBJECT_BOOLEAN);
+  assert_true(a[4].via.boolean);
+  assert_false(a[5].via.boolean);
+  assert_int_equal(a[6].type, MSGPACK_OBJECT_MAP);
+  assert_int_equal(a[6].via.map.size, 1);
+  assert_int_equal(a[7].via.u64, (uint64_t)INT64_MAX);
+  assert_int_equal(a[8].type, MSGPACK_OBJECT_STR);
+  assert_int_equal(a[8].via.str.size, 70000);
+  assert_int_equal(a[9].type, MSGPACK_OBJECT_EXT);
+  assert_int_equal(a[9].via.ext.type, -1);
+  msgpack_unpacked_destroy(&u);
+  codec_buf_fini(&b);
+}
+
 /* Runs the Lua example of docs/codec.md (STYLE: every example in the docs
  * is run by a test). */
 static void test_doc_example(void **st) {
@@ -584,6 +627,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_no_metamethods, setup, teardown),
       cmocka_unit_test_setup_teardown(test_function_cache, setup, teardown),
       cmocka_unit_test_setup_teardown(test_doc_example, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_msgpack_c_reads_ours, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
