@@ -1,8 +1,11 @@
 -- Benchmark of util.async against a bare coroutine (the floor) and against
 -- Prosody's pure-Lua algorithm (re-implemented below, "prosody-algorithm").
 --
---   lua5.4 tests/bench/async_bench.lua            full run
---   lua5.4 tests/bench/async_bench.lua --smoke    tiny run (CI smoke test)
+--   build/actor tests/bench/async_bench.lua      full run, C waiter (actor.asynccore)
+--   ACTOR_ASYNC_PURE_LUA=1 build/actor tests/bench/async_bench.lua
+--                                                the pure-Lua waiter, same state
+--   lua5.4 tests/bench/async_bench.lua            stock Lua, pure-Lua module
+--   ... --smoke                                   tiny run (CI smoke test)
 --
 -- Measures, each as the median of several runs:
 --   cycle       one wait()/done() park/resume inside a runner item, against
@@ -294,8 +297,8 @@ end
 local function us(s) return string.format("%8.3f us", s * 1e6) end
 local function ratio(a, b) return string.format("%6.2fx", a / b) end
 
-print(string.format("util.async bench (%s, %s run%s, median of %d)",
-  _VERSION, smoke and "smoke" or "full", smoke and "" or "", RUNS))
+print(string.format("util.async bench (%s, %s run, median of %d, waiter: %s)",
+  _VERSION, smoke and "smoke" or "full", RUNS, async._impl or "lua"))
 
 local floor_c = per_op(floor_cycle, N_CYCLE)
 local ours_c = per_op(waiter_cycle(async), N_CYCLE)
@@ -319,6 +322,12 @@ local ours_m = mem_per(runner_parked(async), N_MEM)
 local pros_m = mem_per(runner_parked(prosody), N_MEM)
 print(string.format("memory      bare %7.0f B | ours %7.0f B (%s bare) | prosody-algorithm %7.0f B (%s bare) | ours/prosody %s",
   bare_m, ours_m, ratio(ours_m, bare_m), pros_m, ratio(pros_m, bare_m), ratio(ours_m, pros_m)))
+
+-- Machine-readable figures (tests/bench/run.sh convention).
+local impl = async._impl or "lua"
+print(("RESULT async_%s_cycle_ratio %.3f x"):format(impl, ours_c / floor_c))
+print(("RESULT async_%s_create_run_ratio %.3f x"):format(impl, ours_cr / floor_cr))
+print(("RESULT async_%s_parked_bytes %.0f B"):format(impl, ours_m))
 
 local goals = {
   { "cycle <= 3x floor", ours_c <= 3 * floor_c },
