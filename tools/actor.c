@@ -22,6 +22,7 @@
 #include <nng/nng.h>
 
 int luaopen_actor(lua_State *L);
+int actor_serve_main(int argc, char **argv); /* bindings/lserve.c: `actor serve` */
 
 static const char *progname = "actor";
 
@@ -263,6 +264,7 @@ static int pmain(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "serve") == 0) return actor_serve_main(argc - 1, argv + 1);
   args a;
   memset(&a, 0, sizeof a);
   if (argv[0] && argv[0][0]) progname = "actor";
