@@ -390,12 +390,16 @@ static json_t *do_runners(actor_rt *rt) {
     lua_Integer n = luaL_len(L, -1);
     for (lua_Integer i = 1; i <= n; i++) {
       lua_rawgeti(L, -1, i);
-      json_t *row = lua_row_to_json(L, -1);
+      json_t *raw = lua_row_to_json(L, -1);
       lua_pop(L, 1);
-      /* every documented field is present, null when it does not apply */
-      const char *fields[] = {"where", "waiting_since", "waiting_s"};
-      for (size_t f = 0; f < 3; f++)
-        if (!json_object_get(row, fields[f])) json_object_set_new(row, fields[f], json_null());
+      /* The documented fields first, in order, null when they do not apply. */
+      const char *fields[] = {"id", "state", "queue", "waiting_since", "where", "waiting_s"};
+      json_t *row = json_object();
+      for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++) {
+        json_t *v = json_object_get(raw, fields[f]);
+        json_object_set(row, fields[f], v ? v : json_null());
+      }
+      json_decref(raw);
       json_array_append_new(a, row);
     }
     json_object_set_new(r, "runners", a);

@@ -194,7 +194,8 @@ static void load_entries(entries *es, int check_alive) {
       if (l < 6 || strcmp(de->d_name + l - 5, ".json") != 0) continue;
       entry e;
       memset(&e, 0, sizeof e);
-      snprintf(e.info_path, sizeof e.info_path, "%s/%s", es->dirs[d], de->d_name);
+      if (strlen(es->dirs[d]) + l + 2 > sizeof e.info_path) continue;
+      snprintf(e.info_path, sizeof e.info_path, "%.*s/%s", (int)(sizeof e.info_path - 258), es->dirs[d], de->d_name);
       json_error_t je;
       json_t *o = json_load_file(e.info_path, 0, &je);
       if (!o) continue;
@@ -243,7 +244,7 @@ static void choose_target(char *url, size_t cap, long *pid, char *name, size_t n
   entries es;
   memset(&es, 0, sizeof es);
   load_entries(&es, 1);
-  qsort(es.v, (size_t)es.n, sizeof(entry), entry_cmp);
+  if (es.n > 1) qsort(es.v, (size_t)es.n, sizeof(entry), entry_cmp);
   const entry *pick = NULL;
   if (opt_pid) {
     for (int i = 0; i < es.n && !pick; i++)
@@ -450,7 +451,7 @@ static int cmd_ls(void) {
   entries es;
   memset(&es, 0, sizeof es);
   load_entries(&es, 1);
-  qsort(es.v, (size_t)es.n, sizeof(entry), entry_cmp);
+  if (es.n > 1) qsort(es.v, (size_t)es.n, sizeof(entry), entry_cmp);
   double now = now_wall();
   if (opt_json) {
     json_t *a = json_array();
