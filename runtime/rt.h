@@ -68,13 +68,6 @@ typedef struct wire_gc {
   void *ud;
 } wire_gc;
 
-/* MSG_GC body after the header: the worker collects its state, then calls
- * done(ud, bytes before, bytes after) on its own thread, exactly once. */
-typedef struct wire_gc {
-  void (*done)(void *ud, size_t before, size_t after);
-  void *ud;
-} wire_gc;
-
 typedef struct wire_reply {
   uint64_t id;
   uint8_t status; /* ST_* */

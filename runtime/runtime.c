@@ -849,8 +849,10 @@ static int drain_inbox(actor_rt *rt) {
     if (!nd || !nf) { pthread_mutex_unlock(&rt->inbox_mu); return 0; }
     rt->drain_cap = n;
   }
-  memcpy(rt->drain, rt->inbox, sizeof(nng_msg *) * n);
-  memcpy(rt->drain_from, rt->inbox_from, sizeof(worker *) * n);
+  if (n > 0) {
+    memcpy(rt->drain, rt->inbox, sizeof(nng_msg *) * n);
+    memcpy(rt->drain_from, rt->inbox_from, sizeof(worker *) * n);
+  }
   rt->inbox_n = 0;
   rt->inbox_signaled = 0;
   pthread_mutex_unlock(&rt->inbox_mu);
@@ -1055,6 +1057,14 @@ void actor__shutdown(actor_rt *rt) {
     char msg[128];
     snprintf(msg, sizeof msg, "pool %s is shutting down", j->p->name);
     job_answer_error(rt, j, msg);
+  }
+  /* Every caller is answered: forget which worker holds which job, so the
+   * replies drained below never touch a worker freed by the joins. */
+  for (int s = 0; s < rt->nslots; s++) {
+    if (rt->slots[s]) {
+      rt->slots[s]->w = NULL;
+      rt->slots[s]->origin = NULL;
+    }
   }
   /* Join threads. A thread stuck in C past the grace is waited for a little
    * longer, then left detached: its state cannot be closed from here. */
