@@ -343,6 +343,13 @@ static void pool_apply_opts(lua_State *L, pool *p, int idx) {
     p->memory_limit = (size_t)lua_tointeger(L, -1);
   }
   lua_pop(L, 1);
+  if (lua_getfield(L, idx, "function_cache") != LUA_TNIL) {
+    if (lua_isboolean(L, -1)) p->fn_cache = lua_toboolean(L, -1) ? 256 : 0;
+    else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 0 && lua_tointeger(L, -1) <= 1000000)
+      p->fn_cache = (int)lua_tointeger(L, -1);
+    else luaL_error(L, "pool %s: option 'function_cache' must be a boolean or an entry count", p->name);
+  }
+  lua_pop(L, 1);
   if (lua_getfield(L, idx, "init") != LUA_TNIL) {
     if (!lua_isstring(L, -1)) luaL_error(L, "pool %s: option 'init' must be a module name or file", p->name);
     free(p->init);

@@ -164,6 +164,7 @@ struct pool {
   int abandoned_queued; /* abandoned jobs still in the FIFO */
   int backlog;          /* 0: unlimited */
   size_t memory_limit;  /* 0: unlimited */
+  int fn_cache;         /* loaded functions cached per worker; 0: off */
   double timeout;       /* seconds, 0: none */
   char *init;           /* module name or file run in each worker state */
   char **preload;       /* C module names (resolved with package.cpath) */

@@ -388,6 +388,7 @@ pool *actor__pool_create(actor_rt *rt, const char *name, int threads) {
   snprintf(p->name, sizeof p->name, "%s", name);
   p->target_threads = threads < 1 ? 1 : threads;
   p->room_waiters = LUA_NOREF;
+  p->fn_cache = 256;
   p->created_at = actor__now();
   rt->pools[rt->npools++] = p;
   return p;

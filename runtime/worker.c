@@ -522,6 +522,9 @@ static int setup_state(lua_State *L) {
     }
   }
   codec_index_cfunctions(L);
+  /* Later jobs of a function already loaded here only get fresh upvalues
+   * (see docs/pools.md for what that means for closures kept past a job). */
+  if (w->p->fn_cache > 0) codec_fn_cache_enable(L, w->p->fn_cache);
   return 0;
 }
 
