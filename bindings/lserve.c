@@ -233,12 +233,13 @@ static int dispatch_l(lua_State *L) {
   srv_ctx *c = lua_touserdata(L, 2);
   lua_Integer pipe = lua_tointeger(L, 3);
   size_t len;
-  const char *body = lua_tolstring(L, 4, &len);
-  lua_settop(L, 0);
+  const char *body = lua_tolstring(L, 4, &len); /* stays at 4: anchors body */
+  lua_settop(L, 4);
+  int b0 = 4; /* everything below is relative to b0 */
   codec_dec_opts o = {0, {0, 0}};
   codec_limits_of(L, &o.lim);
   const unsigned char *p = (const unsigned char *)body;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->dispatch_ref); /* 1 */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->dispatch_ref); /* b0+1 */
   if (len > 0 && ((p[0] >= 0x90 && p[0] <= 0x9f) || p[0] == 0xdc || p[0] == 0xdd)) {
     /* [handler, args...]: decode the elements one by one, so nils count */
     size_t pos, n;
@@ -248,12 +249,12 @@ static int dispatch_l(lua_State *L) {
     else return luaL_error(L, "malformed request: truncated array");
     if (n == 0) return luaL_error(L, "malformed request: empty array (expected [handler, args...])");
     if (n > 10001 || n > len) return luaL_error(L, "malformed request: too many arguments");
-    lua_pushinteger(L, pipe);                          /* 2: session key */
-    if (codec_decode_one(L, body, len, &pos, &o) != 1) /* 3: handler */
+    lua_pushinteger(L, pipe);                          /* b0+2: session key */
+    if (codec_decode_one(L, body, len, &pos, &o) != 1) /* b0+3: handler */
       return luaL_error(L, "malformed request: %s", lua_tostring(L, -1));
-    if (lua_type(L, 3) != LUA_TSTRING) return luaL_error(L, "malformed request: the handler name must be a string");
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->done_ref); /* 4 */
-    lua_pushlightuserdata(L, c);                    /* 5 */
+    if (lua_type(L, b0 + 3) != LUA_TSTRING) return luaL_error(L, "malformed request: the handler name must be a string");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->done_ref); /* b0+4 */
+    lua_pushlightuserdata(L, c);                    /* b0+5 */
     luaL_checkstack(L, (int)n + 4, "too many arguments");
     for (size_t i = 1; i < n; i++) {
       if (codec_decode_one(L, body, len, &pos, &o) != 1)
@@ -266,8 +267,8 @@ static int dispatch_l(lua_State *L) {
     int r = codec_decode_one(L, body, len, &pos, &o);
     if (r != 1) return luaL_error(L, "malformed request: %s", r < 0 ? lua_tostring(L, -1) : "empty message");
     if (pos != len) return luaL_error(L, "malformed request: trailing bytes");
-    if (!lua_istable(L, 2)) return luaL_error(L, "malformed request: expected [handler, args...] or a map");
-    int t = 2;
+    if (!lua_istable(L, b0 + 2)) return luaL_error(L, "malformed request: expected [handler, args...] or a map");
+    int t = b0 + 2;
     if (lua_getfield(L, t, "handler") == LUA_TNIL) { lua_pop(L, 1); lua_getfield(L, t, "h"); }
     if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "malformed request: the map needs a string 'handler'");
     int h = lua_gettop(L);
@@ -297,7 +298,7 @@ static int dispatch_l(lua_State *L) {
     lua_call(L, lua_gettop(L) - base, 0);
     return 0;
   }
-  lua_call(L, lua_gettop(L) - 1, 0);
+  lua_call(L, lua_gettop(L) - b0 - 1, 0);
   return 0;
 }
 
