@@ -97,6 +97,7 @@ if command -v luarocks >/dev/null && [ -z "$sanitize" ]; then
     { tail -30 "$work/luarocks.log"; exit 1; }
   stock_lua "$work/rocks/lib/lua/5.4"
 else
-  echo "== luarocks make: skipped (${sanitize:+sanitizer build}${sanitize:-luarocks not installed})"
+  if [ -n "$sanitize" ]; then why="a $sanitize sanitizer build"; else why="luarocks is not installed"; fi
+  echo "== luarocks make: skipped ($why)"
 fi
 echo "install test: ok"
