@@ -192,9 +192,9 @@ int actor_register_module(actor_runtime rt, const char *name,
  * (truncated to errlen bytes).
  * Fails with ACTOR_EINVAL, ACTOR_ESCRIPT (cannot read, syntax error, the
  * chunk raised, no module table), ACTOR_ECLOSED, ACTOR_ETHREAD, ACTOR_ENOMEM.
- * Threaded mode: blocks until the script ran (a script may park: it is
- * then started and the call returns once its main chunk finished or
- * parked; the module must be returned without parking). */
+ * The main chunk runs outside any runner, like the main chunk of the
+ * `actor` program: a synchronous msys.runInPool there drives the loop
+ * until it returns. Threaded mode: blocks until the chunk has run. */
 int actor_load_file(actor_runtime rt, const char *name, const char *path,
                     char *errbuf, size_t errlen);
 
@@ -244,11 +244,12 @@ typedef void (*actor_done_fn)(const actor_result *res, void *ud);
 int actor_post(actor_runtime rt, uint64_t session, const char *handler,
                const void *args, size_t len, actor_done_fn cb, void *ud);
 
-/* Ends a session once its queued events have run: its table and _TLS are
- * dropped, and if the default script has a handler `session_end` it is
- * called first (as a last event, its results ignored). A later event with
- * the same id starts a fresh session. Ending an unknown session does
- * nothing. Any thread. Fails with ACTOR_ECLOSED, ACTOR_ENOMEM. */
+/* Ends a session once its queued events have run: every script the
+ * session used that has a handler `session_end` gets it called (as a last
+ * event, results ignored), then the session's tables (self, _TLS) are
+ * dropped. An event posted with the same id after this call starts a fresh
+ * session at once. Ending an unknown session does nothing. Any thread.
+ * Fails with ACTOR_ECLOSED, ACTOR_ENOMEM. */
 int actor_session_end(actor_runtime rt, uint64_t session);
 
 #ifdef __cplusplus
