@@ -9,9 +9,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 echo "== docs/actor-scripts.md: the mail.lua module and the session example"
-# the first lua block is mail.lua; the last one drives actors/hasher.lua
+# the first ```lua block is mail.lua; the last ```lua-fragment block (it
+# needs the source tree, so tests/docs does not run it) drives actors/hasher.lua
 awk '/^```lua$/{n++; f=1; next} /^```$/{f=0} f && n==1' docs/actor-scripts.md > "$work/mail.lua"
-awk '/^```lua$/{n++; f=1; buf=""; next} /^```$/{if(f) last=buf; f=0} f{buf=buf $0 "\n"} END{printf "%s", last}' \
+awk '/^```lua-fragment$/{f=1; buf=""; next} /^```$/{if(f) last=buf; f=0} f{buf=buf $0 "\n"} END{printf "%s", last}' \
   docs/actor-scripts.md > "$work/session_example.lua"
 out=$("$actor" "$work/session_example.lua")
 echo "$out"
