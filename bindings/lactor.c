@@ -218,37 +218,39 @@ static int core_submit(lua_State *L) {
   if (send_tls) flags |= JOB_F_TLS;
   if (!lua_isnoneornil(L, 7)) flags |= JOB_F_WCOMPLETE;
   if (kind == JOB_CAST) flags |= JOB_F_NOREPLY;
-  codec_buf b;
-  codec_buf_init(&b);
+  codec_buf *bp = &rt->encbuf; /* reused: no allocation per job once warm */
+  bp->len = 0;
   codec_enc *e = codec_enc_get(L);
-  codec_enc_begin(e, &b, NULL);
+  codec_enc_begin(e, bp, NULL);
   int err = 0;
   if (send_tls) err = codec_enc_value(e, L, 6, "_TLS");
   if (!err && (flags & JOB_F_WCOMPLETE)) err = codec_enc_value(e, L, 7, "completion");
   if (!err) err = codec_enc_value(e, L, 9, where);
+  static const char *const argl[] = {"args[1]", "args[2]", "args[3]", "args[4]"};
   for (int i = 10; i <= top && !err; i++) {
     char lbl[48];
-    snprintf(lbl, sizeof lbl, "args[%d]", i - 9);
-    err = codec_enc_value(e, L, i, lbl);
+    const char *l = lbl;
+    if (i - 10 < 4) l = argl[i - 10];
+    else snprintf(lbl, sizeof lbl, "args[%d]", i - 9);
+    err = codec_enc_value(e, L, i, l);
   }
   if (err) {
-    codec_buf_fini(&b);
+    if (bp->cap > (1u << 20)) codec_buf_fini(bp); /* do not keep a huge buffer */
     lua_pushboolean(L, 0);
     lua_insert(L, -2);
     return 2;
   }
   job *j = actor__job_new(rt, p);
-  if (!j) {
-    codec_buf_fini(&b);
+  if (!j || actor__job_set_payload(j, bp->data, bp->len) != 0) {
+    if (j) actor__job_free(rt, j);
     return luaL_error(L, "out of memory");
   }
+  if (bp->cap > (1u << 20)) codec_buf_fini(bp);
   j->kind = kind;
   j->flags = flags;
   if (timeout <= 0) timeout = p->timeout;
   j->timeout_ms = timeout > 0 ? (uint32_t)(timeout * 1000 + 0.5) : 0;
   if (j->timeout_ms == 0 && timeout > 0) j->timeout_ms = 1;
-  j->payload = b.data; /* ownership moves to the job */
-  j->len = b.len;
   if (kind == JOB_CALL && !lua_isnoneornil(L, 5)) {
     lua_pushvalue(L, 5);
     j->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -267,8 +269,16 @@ static int core_submit(lua_State *L) {
   return 1;
 }
 
+/* The loop runs on the state's main thread: callbacks resume runners from
+ * there. Raises when called from inside a coroutine. */
+static void check_main(lua_State *L, const char *what) {
+  if (!lua_pushthread(L)) luaL_error(L, "%s must be called from the main chunk, not inside a coroutine", what);
+  lua_pop(L, 1);
+}
+
 static int core_step(lua_State *L) {
   actor_rt *rt = get_rt(L);
+  check_main(L, "actor.step/actor.loop");
   double t = luaL_optnumber(L, 1, -1);
   lua_pushinteger(L, actor__step(rt, t));
   return 1;
@@ -435,16 +445,20 @@ static int core_pool_threads(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)atomic_load(&w->mem_used)); lua_setfield(L, -2, "mem");
     lua_pushinteger(L, w->inflight); lua_setfield(L, -2, "inflight");
     if (busy) {
-      char buf[128];
-      pthread_mutex_lock(&w->cur_mu);
-      memcpy(buf, w->cur_fn, sizeof buf);
-      pthread_mutex_unlock(&w->cur_mu);
-      buf[sizeof buf - 1] = 0;
+      char buf[160];
+      actor__worker_current(w, buf, sizeof buf);
       lua_pushstring(L, buf); lua_setfield(L, -2, "current");
       lua_pushnumber(L, now - (double)atomic_load(&w->job_started_us) * 1e-6); lua_setfield(L, -2, "running_s");
     }
     lua_rawseti(L, -2, i + 1);
   }
+  return 1;
+}
+
+static int core_pool_timeout(lua_State *L) {
+  actor_rt *rt = get_rt(L);
+  pool *p = check_pool(L, rt, 1);
+  lua_pushnumber(L, p->timeout);
   return 1;
 }
 
@@ -479,6 +493,8 @@ static int core_abandon(lua_State *L) {
 
 static int core_shutdown(lua_State *L) {
   actor_rt *rt = get_rt(L);
+  if (!lua_pushthread(L)) rt->no_lua = 1; /* callers are not resumed from a coroutine */
+  lua_pop(L, 1);
   if (lua_isnumber(L, 1)) rt->grace = lua_tonumber(L, 1);
   actor__shutdown(rt);
   return 0;
@@ -537,6 +553,8 @@ static int os_exit_wrapper(lua_State *L) {
   actor_rt **u = lua_touserdata(L, lua_upvalueindex(1));
   if (u && *u && !(*u)->closed) {
     (*u)->grace = 0.5;
+    if (!lua_pushthread(L)) (*u)->no_lua = 1;
+    lua_pop(L, 1);
     actor__rt_close(*u);
     *u = NULL;
   }
@@ -583,7 +601,7 @@ int luaopen_actor(lua_State *L) {
       {"pool_find", core_pool_find}, {"pool_create", core_pool_create},
       {"pool_resize", core_pool_resize}, {"pool_stat", core_pool_stat},
       {"pool_list", core_pool_list}, {"pool_threads", core_pool_threads},
-      {"room", core_room}, {"wait_room", core_wait_room}, {"abandon", core_abandon},
+      {"room", core_room}, {"pool_timeout", core_pool_timeout}, {"wait_room", core_wait_room}, {"abandon", core_abandon},
       {"shutdown", core_shutdown}, {"keepalive", core_keepalive}, {"set_grace", core_set_grace},
       {"thread_id", core_thread_id}, {"versions", core_versions}, {NULL, NULL}};
   lua_newtable(L);

@@ -218,11 +218,8 @@ static json_t *do_pool(actor_rt *rt, const ctl_req *q) {
     json_object_set_new(t, "thread", json_integer(i + 1));
     json_object_set_new(t, "state", json_string(state));
     if (busy) {
-      char buf[sizeof w->cur_fn];
-      pthread_mutex_lock(&w->cur_mu);
-      memcpy(buf, w->cur_fn, sizeof buf);
-      pthread_mutex_unlock(&w->cur_mu);
-      buf[sizeof buf - 1] = 0;
+      char buf[sizeof w->cur_fn + 16];
+      actor__worker_current(w, buf, sizeof buf);
       double started = (double)atomic_load(&w->job_started_us) * 1e-6;
       json_object_set_new(t, "job", json_bytes(buf, strlen(buf)));
       json_object_set_new(t, "running_s", json_num(started > 0 && now >= started ? now - started : 0));

@@ -104,6 +104,8 @@ enum job_kind {
   JOB_NESTED = 2, /* reply is forwarded to the worker that asked */
 };
 
+#define JOB_INLINE 192
+
 struct job {
   uint64_t id;
   pool *p;
@@ -119,7 +121,8 @@ struct job {
   int abandoned;  /* caller already answered (timeout/shutdown); drop the reply */
   worker *origin; /* JOB_NESTED: who asked */
   uint64_t origin_id;
-  job *next;      /* pool FIFO link */
+  job *next;      /* pool FIFO link; free-list link when recycled */
+  char inline_payload[JOB_INLINE]; /* small payloads live here, not malloc'ed */
 };
 
 /* Worker figures read by the control socket: atomics, written by the worker. */
@@ -141,7 +144,9 @@ struct worker {
   atomic_ullong jobs_done;
   atomic_size_t mem_used;
   atomic_llong job_started_us;
-  char cur_fn[128];        /* protected by cur_mu; for inspection only */
+  char cur_fn[128];        /* source of the running function; cur_mu */
+  int cur_line;            /* its first line; cur_mu */
+  const void *cur_ptr;     /* worker thread only: function last recorded */
   pthread_mutex_t cur_mu;
   uint64_t nested_seq;     /* worker thread */
   size_t memory_limit;     /* copied at start */
@@ -240,7 +245,12 @@ struct actor_rt {
   double grace;    /* seconds running jobs get at shutdown */
   void *control;   /* control.c's server, if any */
   double started_at;
-  codec_buf scratch;
+  codec_buf scratch;  /* bytecode dumps (closure_uses_tls) */
+  codec_buf encbuf;   /* payload being encoded by submit */
+  job *free_jobs;     /* recycled job records */
+  int nfree_jobs;
+  int msgh;           /* stack index of the message handler while draining */
+  int no_lua;         /* closing from inside a coroutine: run no Lua callbacks */
   int traceback_ref;
   _Atomic(actor_cmod *) cmods; /* api.c: host C modules for worker states */
 };
@@ -266,12 +276,16 @@ void actor__timer_cancel(actor_rt *rt, timer *t);
 void actor__shutdown(actor_rt *rt);
 job *actor__job_new(actor_rt *rt, pool *p);
 void actor__job_free(actor_rt *rt, job *j);
+/* Gives a job its payload (copied from p[0..n)). Returns 0 or -1 (ENOMEM). */
+int actor__job_set_payload(job *j, const char *p, size_t n);
 int actor__job_abandon(actor_rt *rt, uint64_t id, const char *msg, int is_timeout);
 
 /* worker.c */
 void *actor__worker_main(void *arg);
 int actor__worker_start(worker *w);
 void actor__worker_interrupt(worker *w);
+/* "source:line" of the job a worker runs; any thread. */
+void actor__worker_current(worker *w, char *buf, size_t n);
 
 /* Optional parts, linked when present (weak symbols):
  * control.c serves the control socket (docs/actorctl.md); lnet.c is the

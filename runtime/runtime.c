@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -246,6 +247,14 @@ static int traceback_msgh(lua_State *L) {
 /* Calls the function below nargs arguments on the stack, protected. */
 static void call_protected(actor_rt *rt, int nargs, const char *what) {
   lua_State *L = rt->L;
+  if (rt->no_lua) { /* the state's main thread is not running: drop the call */
+    lua_pop(L, nargs + 1);
+    return;
+  }
+  if (rt->msgh > 0) { /* while draining, one handler serves every call */
+    if (lua_pcall(L, nargs, 0, rt->msgh) != LUA_OK) report_error(L, what);
+    return;
+  }
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, traceback_msgh);
   lua_insert(L, base);
@@ -280,9 +289,19 @@ static int fire_timers(actor_rt *rt) {
 
 /* ------------------------------------------------------------ job table */
 
+#define MAX_FREE_JOBS 4096
+
 job *actor__job_new(actor_rt *rt, pool *p) {
-  job *j = calloc(1, sizeof *j);
-  if (!j) return NULL;
+  job *j;
+  if (rt->free_jobs) {
+    j = rt->free_jobs;
+    rt->free_jobs = j->next;
+    rt->nfree_jobs--;
+    memset(j, 0, offsetof(job, inline_payload));
+  } else {
+    j = calloc(1, sizeof *j);
+    if (!j) return NULL;
+  }
   int slot;
   if (rt->nfree > 0) {
     slot = rt->free_slots[--rt->nfree];
@@ -329,8 +348,26 @@ void actor__job_free(actor_rt *rt, job *j) {
     luaL_unref(rt->L, LUA_REGISTRYINDEX, j->cbref);
     luaL_unref(rt->L, LUA_REGISTRYINDEX, j->tlsref);
   }
-  free(j->payload);
-  free(j);
+  if (j->payload != j->inline_payload) free(j->payload);
+  if (rt->nfree_jobs < MAX_FREE_JOBS && !rt->closed) {
+    j->next = rt->free_jobs;
+    rt->free_jobs = j;
+    rt->nfree_jobs++;
+  } else {
+    free(j);
+  }
+}
+
+int actor__job_set_payload(job *j, const char *p, size_t n) {
+  char *dst = j->inline_payload;
+  if (n > JOB_INLINE) {
+    dst = malloc(n);
+    if (!dst) return -1;
+  }
+  memcpy(dst, p, n);
+  j->payload = dst;
+  j->len = n;
+  return 0;
 }
 
 /* Answers a caller without a reply from a worker: (false, msg). */
@@ -605,7 +642,7 @@ static int dispatch_pool(actor_rt *rt, pool *p) {
       for (int i = 0; i < n; i++) {
         j = p->qhead;
         p->qhead = j->next;
-        free(j->payload);
+        if (j->payload != j->inline_payload) free(j->payload);
         j->payload = NULL;
         j->w = w;
         j->next = NULL;
@@ -828,10 +865,7 @@ static void process_nested(actor_rt *rt, worker *w, const char *body, size_t len
   j->origin_id = wj.id;
   j->flags = wj.flags;
   j->timeout_ms = wj.timeout_ms;
-  j->len = wj.len - pos;
-  j->payload = malloc(j->len ? j->len : 1);
-  if (!j->payload) { actor__job_free(rt, j); return; }
-  memcpy(j->payload, payload + pos, j->len);
+  if (actor__job_set_payload(j, payload + pos, wj.len - pos) != 0) { actor__job_free(rt, j); return; }
   if (actor__submit(rt, j) != 0) {
     job_answer_error(rt, j, "pool is shutting down");
     actor__job_free(rt, j);
@@ -857,6 +891,9 @@ static int drain_inbox(actor_rt *rt) {
   rt->inbox_n = 0;
   rt->inbox_signaled = 0;
   pthread_mutex_unlock(&rt->inbox_mu);
+  int saved_msgh = rt->msgh;
+  lua_pushcfunction(rt->L, traceback_msgh);
+  rt->msgh = lua_gettop(rt->L);
   for (int i = 0; i < n; i++) {
     nng_msg *m = rt->drain[i];
     const char *body = nng_msg_body(m);
@@ -869,6 +906,8 @@ static int drain_inbox(actor_rt *rt) {
     }
     nng_msg_free(m);
   }
+  lua_settop(rt->L, rt->msgh - 1);
+  rt->msgh = saved_msgh;
   return n + run_posts(rt);
 }
 
@@ -1005,6 +1044,7 @@ actor_rt *actor__rt_open(lua_State *L, int *err) {
   rt->grace = 2.0;
   rt->started_at = actor__now();
   codec_buf_init(&rt->scratch);
+  codec_buf_init(&rt->encbuf);
   lua_newtable(L);
   rt->ticks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return rt;
@@ -1118,6 +1158,12 @@ void actor__rt_close(actor_rt *rt) {
   free(rt->drain);
   free(rt->drain_from);
   codec_buf_fini(&rt->scratch);
+  codec_buf_fini(&rt->encbuf);
+  while (rt->free_jobs) {
+    job *j = rt->free_jobs;
+    rt->free_jobs = j->next;
+    free(j);
+  }
   close(rt->efd);
   pthread_mutex_destroy(&rt->inbox_mu);
   free(rt);

@@ -208,22 +208,42 @@ static int job_encode(lua_State *L) {
     lua_pop(L, 1);
   }
   int top = lua_gettop(L);
+  /* labels only matter in error messages: built once, not per job */
+  static const char *const results[] = {"result #1", "result #2", "result #3", "result #4"};
   char where[48];
   for (int i = a->first; i <= top; i++) {
-    snprintf(where, sizeof where, "%s #%d", a->what, i - a->first + 1);
-    if (codec_enc_value(e, L, i, where) != 0) return lua_error(L);
+    int k = i - a->first;
+    const char *lbl = where;
+    if (a->what[0] == 'r' && k < 4) lbl = results[k];
+    else snprintf(where, sizeof where, "%s #%d", a->what, k + 1);
+    if (codec_enc_value(e, L, i, lbl) != 0) return lua_error(L);
   }
   return 0;
 }
 
+/* Writes "source:line" of the function the worker runs (or ran last). */
+void actor__worker_current(worker *w, char *buf, size_t n) {
+  pthread_mutex_lock(&w->cur_mu);
+  snprintf(buf, n, "%s:%d", w->cur_fn[0] ? w->cur_fn : "?", w->cur_line);
+  pthread_mutex_unlock(&w->cur_mu);
+}
+
+/* Records which function runs, for inspection. Cheap on purpose (no
+ * formatting): the source is copied only when the function changes. */
 static void set_current(worker *w, lua_State *L, int fnidx) {
+  const void *fp = lua_topointer(L, fnidx);
+  if (fp == w->cur_ptr) return;
   lua_Debug ar;
   lua_pushvalue(L, fnidx);
-  char buf[128] = "?";
-  if (lua_getinfo(L, ">S", &ar)) snprintf(buf, sizeof buf, "%s:%d", ar.short_src, ar.linedefined);
+  if (!lua_getinfo(L, ">S", &ar)) return;
+  size_t n = strlen(ar.short_src);
+  if (n > sizeof w->cur_fn - 12) n = sizeof w->cur_fn - 12;
   pthread_mutex_lock(&w->cur_mu);
-  memcpy(w->cur_fn, buf, sizeof buf);
+  memcpy(w->cur_fn, ar.short_src, n);
+  w->cur_fn[n] = 0;
+  w->cur_line = ar.linedefined;
   pthread_mutex_unlock(&w->cur_mu);
+  w->cur_ptr = fp;
 }
 
 static void run_job(wctx *c, const wire_job *wj, const char *payload) {

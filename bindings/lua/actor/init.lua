@@ -80,6 +80,9 @@ end
 local free_runners, nfree = {}, 0
 local MAX_FREE = 256
 
+local function pooled_body(item) return item[1](unpack(item, 2, item.n)) end
+local run_method = async.runner().run -- the method, looked up once
+
 local function run_pooled(tls, fn, ...)
   local r
   if nfree > 0 then
@@ -87,12 +90,10 @@ local function run_pooled(tls, fn, ...)
     free_runners[nfree] = nil
     nfree = nfree - 1
   else
-    r = async.runner(function(item) item.fn(unpack(item, 1, item.n)) end, { error = report })
+    r = async.runner(pooled_body, { error = report })
   end
-  if set_tls then set_tls(r, tls or {}) end
-  local item = pack(...)
-  item.fn = fn
-  local _, state = r:run(item)
+  if set_tls then set_tls(r, tls) end -- nil: a fresh table on first use
+  local _, state = run_method(r, { n = select("#", ...) + 1, fn, ... })
   if state == "ready" and nfree < MAX_FREE then
     nfree = nfree + 1
     free_runners[nfree] = r
@@ -187,7 +188,14 @@ end)
 
 ---------------------------------------------------------------------- pools
 
+-- name or id -> id, name; pools are never removed, so this only grows.
+local pool_ids, pool_names = {}, {}
+-- id -> true when the pool has a backlog (callers may have to park)
+local bounded = {}
+
 local function pool_of(fname, p, argn)
+  local id = pool_ids[p]
+  if id then return id, pool_names[id] end
   local tp = type(p)
   if tp ~= "string" and math.type(p) ~= "integer" then
     error(("bad argument #%d to '%s' (pool name or id expected, got %s)"):format(argn, fname, tp), 3)
@@ -196,11 +204,13 @@ local function pool_of(fname, p, argn)
   if not id then
     error(("bad argument #%d to '%s' (no such pool: %s)"):format(argn, fname, tostring(p)), 3)
   end
+  pool_ids[p], pool_names[id] = id, name
   return id, name
 end
 
 -- Parks until the pool's backlog has room (backpressure).
 local function wait_room(id, r)
+  if not bounded[id] then return end
   while not core.room(id) do
     if r then
       local wait, done = async.waiter()
@@ -234,10 +244,7 @@ local function call_impl(fname, pool, opts, fn, label, ...)
   local jid, err = submit(id, 0, tlsmode, timeout, cb, _TLS, nil, label, fn, ...)
   if not jid then return false, err end
   local t
-  if timeout <= 0 then
-    local st = core.pool_stat(id)
-    timeout = st.timeout
-  end
+  if timeout <= 0 then timeout = core.pool_timeout(id) end
   if timeout > 0 then
     t = core.timer(timeout, 0, function()
       core.abandon(jid, ("timed out after %g s in pool %s"):format(timeout, name), true)
@@ -333,6 +340,7 @@ function M.pool(name, opts)
     end
     id = core.pool_create(pname or name, threads or 0, opts)
     id, pname = core.pool_find(id)
+    bounded[id] = (core.pool_stat(id).backlog or 0) > 0
   end
   return setmetatable({ id = id, name = pname }, Pool)
 end
