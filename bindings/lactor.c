@@ -493,10 +493,14 @@ static int core_abandon(lua_State *L) {
 
 static int core_shutdown(lua_State *L) {
   actor_rt *rt = get_rt(L);
-  if (!lua_pushthread(L)) rt->no_lua = 1; /* callers are not resumed from a coroutine */
-  lua_pop(L, 1);
   if (lua_isnumber(L, 1)) rt->grace = lua_tonumber(L, 1);
+  /* Shutdown resumes the callers it answers. It must do so from the thread
+   * that is running now (a runner, often), not from the main thread's
+   * stack: the runtime works on L for the duration. */
+  lua_State *saved = rt->L;
+  rt->L = L;
   actor__shutdown(rt);
+  rt->L = saved;
   return 0;
 }
 
@@ -553,8 +557,7 @@ static int os_exit_wrapper(lua_State *L) {
   actor_rt **u = lua_touserdata(L, lua_upvalueindex(1));
   if (u && *u && !(*u)->closed) {
     (*u)->grace = 0.5;
-    if (!lua_pushthread(L)) (*u)->no_lua = 1;
-    lua_pop(L, 1);
+    (*u)->L = L; /* answer callers from the running thread (see core_shutdown) */
     actor__rt_close(*u);
     *u = NULL;
   }

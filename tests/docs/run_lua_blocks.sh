@@ -22,6 +22,8 @@ for f in "${files[@]}"; do
     NF { last=-1 }
   ' "$f"
 done
+# blocks may use the example modules (netcb) and the ready actors
+export LUA_PATH="$PWD/actors/examples/?.lua;$PWD/actors/?.lua;;"
 for lua in "$t"/*.lua; do
   [ -e "$lua" ] || continue
   name=$(basename "$lua" .lua)
