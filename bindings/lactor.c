@@ -294,6 +294,19 @@ static int core_now(lua_State *L) {
   return 1;
 }
 
+/* Seconds until the loop has timer work (0: now), or nil with no timer. */
+static int core_timeout(lua_State *L) {
+  actor_rt *rt = get_rt(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ticks_ref);
+  int ticks = lua_rawlen(L, -1) > 0;
+  lua_pop(L, 1);
+  if (ticks) { lua_pushnumber(L, 0); return 1; }
+  if (rt->nheap == 0) return 0;
+  double d = rt->heap[0]->when - actor__now();
+  lua_pushnumber(L, d > 0 ? d : 0);
+  return 1;
+}
+
 static int core_fd(lua_State *L) {
   lua_pushinteger(L, get_rt(L)->efd);
   return 1;
@@ -600,7 +613,7 @@ int luaopen_actor(lua_State *L) {
 
   static const luaL_Reg core[] = {
       {"submit", core_submit}, {"step", core_step}, {"pending", core_pending},
-      {"now", core_now}, {"fd", core_fd}, {"timer", core_timer}, {"tick", core_tick},
+      {"now", core_now}, {"fd", core_fd}, {"timeout", core_timeout}, {"timer", core_timer}, {"tick", core_tick},
       {"pool_find", core_pool_find}, {"pool_create", core_pool_create},
       {"pool_resize", core_pool_resize}, {"pool_stat", core_pool_stat},
       {"pool_list", core_pool_list}, {"pool_threads", core_pool_threads},

@@ -2,7 +2,7 @@
  * codec_bench.c -- encode+decode cost of the codec against msgpack-c doing
  * the equivalent work directly from C (the floor).
  *
- *   codec_bench [--smoke] [runs]
+ *   codec_bench [--smoke] [--only a|b|c] [runs]
  *
  * Payloads: (a) an array of 1000 small maps, (b) a closure with 5 upvalues,
  * (c) a 1 MB string. Each figure is the median over `runs` runs (default 5)
@@ -134,9 +134,10 @@ static int dump_to_buf(lua_State *L, const void *p, size_t sz, void *ud) {
 }
 
 int main(int argc, char **argv) {
-  int smoke = 0, runs = 5;
+  int smoke = 0, runs = 5, only = -1;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--smoke") == 0) smoke = 1;
+    else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) only = argv[++i][0] - 'a';
     else runs = atoi(argv[i]);
   }
   if (runs < 3) runs = 3;
@@ -188,6 +189,7 @@ int main(int argc, char **argv) {
    * each first. */
   for (int r = -1; r < runs; r++) {
     for (int p = 0; p < 3; p++) {
+      if (only >= 0 && p != only) continue;
       int n = r < 0 ? 1 : iters[p];
       lua_getglobal(L, globals[p]);
       double t0 = now_us();
@@ -210,7 +212,13 @@ int main(int argc, char **argv) {
   /* Extra figures: (b) with a fresh closure per message, (c) owned floor. */
   double *bf = calloc((size_t)runs, sizeof(double)), *make = calloc((size_t)runs, sizeof(double));
   double *co = calloc((size_t)runs, sizeof(double)), *bc_on = calloc((size_t)runs, sizeof(double));
-  for (int r = 0; r < runs; r++) {
+  for (int r = 0; r < runs && (only < 0 || only == 2); r++) {
+    int n = iters[2];
+    double t0 = now_us();
+    for (int i = 0; i < n; i++) floor_c_owned(&sb, &u, cs, cn);
+    co[r] = (now_us() - t0) / n;
+  }
+  for (int r = 0; r < runs && (only < 0 || only == 1); r++) {
     int n = iters[1];
     lua_gc(L, LUA_GCCOLLECT);
     double t0 = now_us();
@@ -229,10 +237,6 @@ int main(int argc, char **argv) {
     double t2 = now_us();
     bf[r] = (t1 - t0 - (t2 - t1)) / n; /* minus making the closure */
     make[r] = (t2 - t1) / n;
-    n = iters[2];
-    t0 = now_us();
-    for (int i = 0; i < n; i++) floor_c_owned(&sb, &u, cs, cn);
-    co[r] = (now_us() - t0) / n;
     /* (b) with the receiving side's function cache on. Collect first: the
      * fresh-closure loop left garbage (closures, dump cache entries) whose
      * collection would otherwise be charged to this loop. */
@@ -250,6 +254,11 @@ int main(int argc, char **argv) {
   static const char *const what[3] = {"1000-element array of small maps", "closure with 5 upvalues",
                                       "1 MB string"};
   for (int p = 0; p < 3; p++) {
+    if (only >= 0 && p != only) {
+      free(codec_t[p]);
+      free(floor_t[p]);
+      continue;
+    }
     double c = median(codec_t[p], runs), f = median(floor_t[p], runs);
     printf("# (%s) %s: codec %.2f us, msgpack-c %.2f us, ratio %.2f (median of %d runs)\n", names[p], what[p],
            c, f, c / f, runs);

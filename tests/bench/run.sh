@@ -44,9 +44,9 @@ sched_jobs_per_s            luv_queue_jobs_per_s    higher   >=1.5    (a) 200k j
 runners_sync_jobs_per_s     luv_queue_jobs_per_s    higher   >=1.2    (b) 1000 runners x 200 sync calls, vs luv
 sync_rtt_us                 nng_pair1_rtt_us        lower    <=1.25   (c) sequential sync round trip, vs raw nng
 sync_rtt_us                 condvar_rtt_us          lower    -        (c) the same, vs the condvar floor
-runner_park_resume_us       coro_resume_yield_us    lower    <=3      (d) park/resume vs bare coroutine
-runner_create_run_us        coro_create_resume_us   lower    <=10     (d) create+run vs bare create+resume
-runner_parked_bytes         -                       lower    <=1536   (d) memory per parked runner
+async_c_cycle_ratio         -                       lower    <=3      (d) wait/done cycle / bare resume+yield (same run)
+async_c_create_run_ratio    -                       lower    <=10     (d) create+run / bare create+resume (same run)
+async_c_parked_bytes        -                       lower    <=1536   (d) memory per parked runner
 cpu_speedup_2t              -                       higher   >=1.8    (e) 2 threads vs 1 (0.9 x threads)
 parked_caller_rss_bytes     -                       lower    <=4096   (f) peak RSS per parked caller
 nng_pair1_rtt_us            condvar_rtt_us          lower    -        baseline: raw nng vs condvar floor

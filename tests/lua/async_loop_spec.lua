@@ -95,6 +95,23 @@ describe("actor.fd", function()
   end)
 end)
 
+describe("actor.timeout", function()
+  it("tells a polling host when the next timer is due", function()
+    actor.loop(5)
+    assert.is_nil(actor.timeout())
+    local fired = false
+    local t = actor.timer(0.2, function() fired = true end)
+    local left = actor.timeout()
+    assert.is_true(left > 0.1 and left <= 0.2, tostring(left))
+    -- a host waits on the descriptor with that timeout, then steps
+    net._test_poll(actor.fd(), left + 0.01)
+    actor.step(0)
+    assert.is_true(fired)
+    assert.is_nil(actor.timeout())
+    t:cancel()
+  end)
+end)
+
 describe("actor.sleep", function()
   it("parks a runner and blocks the main chunk while serving the loop", function()
     local other = false

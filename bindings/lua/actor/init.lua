@@ -142,6 +142,7 @@ end
 
 M.now = now
 M.fd = core.fd
+M.timeout = core.timeout
 M.pending = pending
 
 -- Parks the caller until `until_fn()` is true, serving the loop meanwhile.

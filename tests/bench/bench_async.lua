@@ -1,10 +1,10 @@
 -- Benchmark of util.async against a bare coroutine (the floor) and against
 -- Prosody's pure-Lua algorithm (re-implemented below, "prosody-algorithm").
 --
---   build/actor tests/bench/async_bench.lua      full run, C waiter (actor.asynccore)
---   ACTOR_ASYNC_PURE_LUA=1 build/actor tests/bench/async_bench.lua
+--   build/actor tests/bench/bench_async.lua      full run, C waiter (actor.asynccore)
+--   ACTOR_ASYNC_PURE_LUA=1 build/actor tests/bench/bench_async.lua
 --                                                the pure-Lua waiter, same state
---   lua5.4 tests/bench/async_bench.lua            stock Lua, pure-Lua module
+--   lua5.4 tests/bench/bench_async.lua            stock Lua, pure-Lua module
 --   ... --smoke                                   tiny run (CI smoke test)
 --
 -- Measures, each as the median of several runs:
