@@ -532,10 +532,7 @@ static int core_keepalive(lua_State *L) {
 }
 
 static int core_thread_id(lua_State *L) {
-  char buf[32];
-  snprintf(buf, sizeof buf, "%lu", (unsigned long)pthread_self());
-  lua_pushstring(L, buf);
-  return 1;
+  return actor__push_thread_id(L);
 }
 
 static int core_versions(lua_State *L) {

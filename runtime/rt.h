@@ -262,6 +262,7 @@ struct actor_rt {
  * runs during the close with rt->shutting_down set, so ud is never leaked. */
 int actor__post(actor_rt *rt, actor_post_fn fn, void *ud);
 double actor__now(void);
+int actor__push_thread_id(lua_State *L);
 actor_rt *actor__rt_open(lua_State *L, int *err);
 void actor__rt_close(actor_rt *rt);
 pool *actor__pool_find(actor_rt *rt, const char *name, int id);

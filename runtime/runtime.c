@@ -35,6 +35,14 @@
 
 static atomic_int rt_counter;
 
+/* Pushes the calling OS thread's id as a string (actor.thread_id()). */
+int actor__push_thread_id(lua_State *L) {
+  char buf[32];
+  snprintf(buf, sizeof buf, "%lu", (unsigned long)pthread_self());
+  lua_pushstring(L, buf);
+  return 1;
+}
+
 double actor__now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -482,10 +482,7 @@ static int w_now(lua_State *L) {
 }
 
 static int w_thread_id(lua_State *L) {
-  char buf[32];
-  snprintf(buf, sizeof buf, "%lu", (unsigned long)pthread_self());
-  lua_pushstring(L, buf);
-  return 1;
+  return actor__push_thread_id(L);
 }
 
 /* ------------------------------------------------------- state setup */

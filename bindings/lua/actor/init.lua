@@ -433,18 +433,10 @@ M.msys = msys
 -- The runtime's own module tables cross by name: a closure that uses
 -- `actor` (or util.async, actor.codec) as an upvalue gets the destination
 -- state's module, not a copy of this one. See docs/codec.md.
-local codec = M.codec
-local function by_name(name, t)
-  local mt = { __name = "module " .. name }
-  codec.register("module:" .. name, mt, {
-    serialize = function() return name end,
-    deserialize = function(n) return require(n) end,
-  })
-  if getmetatable(t) == nil then setmetatable(t, mt) end
-end
-by_name("actor", M)
-by_name("util.async", async)
-by_name("actor.codec", codec)
+local by_name = require "actor.byname"
+by_name(M.codec, "actor", M)
+by_name(M.codec, "util.async", async)
+by_name(M.codec, "actor.codec", M.codec)
 
 package.loaded.actor = M
 return M

@@ -65,16 +65,8 @@ actor.msys = msys
 package.loaded.actor = actor
 
 -- Module tables cross by name (see actor.init).
-local codec = actor.codec
-local function by_name(name, t)
-  local mt = { __name = "module " .. name }
-  codec.register("module:" .. name, mt, {
-    serialize = function() return name end,
-    deserialize = function(n) return require(n) end,
-  })
-  if t and getmetatable(t) == nil then setmetatable(t, mt) end
-end
-by_name("actor", actor)
-by_name("util.async", nil)
-by_name("actor.codec", codec)
+local by_name = require "actor.byname"
+by_name(actor.codec, "actor", actor)
+by_name(actor.codec, "util.async", nil)
+by_name(actor.codec, "actor.codec", actor.codec)
 return actor
