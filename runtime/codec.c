@@ -421,6 +421,137 @@ static int enc_write(void *data, const char *buf, size_t len) {
   return 0;
 }
 
+/* Slow path of enc_room: the write would cross the size limit (sets
+ * toolarge) or needs a bigger buffer (grown to exactly what is needed when
+ * that is more than doubling, so one big string costs one realloc; sets
+ * nomem on failure). */
+static int enc_grow(codec_enc *e, size_t n) {
+  codec_buf *b = e->out;
+  if (n > e->lim.max_size || b->len > e->lim.max_size - n) {
+    e->toolarge = 1;
+    e->want = b->len + n;
+    return -1;
+  }
+  if (n > b->cap - b->len && b->len + n > b->cap * 2 && b->len + n > 256) {
+    char *q = realloc(b->data, b->len + n);
+    if (q == NULL) {
+      e->nomem = 1;
+      return -1;
+    }
+    b->data = q;
+    b->cap = b->len + n;
+    return 0;
+  }
+  if (buf_reserve(b, n) != 0) {
+    e->nomem = 1;
+    return -1;
+  }
+  return 0;
+}
+
+/* Makes room for n more bytes within the message size limit. The inline
+ * writers below use it and then store straight into the buffer (no packer
+ * callback, no intermediate copy). */
+static inline int enc_room(codec_enc *e, size_t n) {
+  codec_buf *b = e->out;
+  if (n <= b->cap - b->len && b->len + n <= e->lim.max_size) return 0;
+  return enc_grow(e, n);
+}
+
+/* Stores the low n (2, 4 or 8) bytes of v big-endian at q (compilers turn
+ * the unrolled shifts into one byte swap and store). */
+static inline unsigned char *put_be(unsigned char *q, uint64_t v, int n) {
+  if (n == 8) {
+    q[0] = (unsigned char)(v >> 56), q[1] = (unsigned char)(v >> 48), q[2] = (unsigned char)(v >> 40);
+    q[3] = (unsigned char)(v >> 32), q[4] = (unsigned char)(v >> 24), q[5] = (unsigned char)(v >> 16);
+    q[6] = (unsigned char)(v >> 8), q[7] = (unsigned char)v;
+  } else if (n == 4) {
+    q[0] = (unsigned char)(v >> 24), q[1] = (unsigned char)(v >> 16);
+    q[2] = (unsigned char)(v >> 8), q[3] = (unsigned char)v;
+  } else {
+    q[0] = (unsigned char)(v >> 8), q[1] = (unsigned char)v;
+  }
+  return q + n;
+}
+
+/* Same encodings as msgpack-c's msgpack_pack_int64 (smallest format). */
+static inline int wr_int(codec_enc *e, int64_t d) {
+  if (enc_room(e, 9)) return -1;
+  unsigned char *q = (unsigned char *)e->out->data + e->out->len, *q0 = q;
+  if (d < -(1LL << 5)) {
+    if (d < -(1LL << 31)) *q++ = 0xd3, q = put_be(q, (uint64_t)d, 8);
+    else if (d < -(1LL << 15)) *q++ = 0xd2, q = put_be(q, (uint64_t)d, 4);
+    else if (d < -(1LL << 7)) *q++ = 0xd1, q = put_be(q, (uint64_t)d, 2);
+    else *q++ = 0xd0, *q++ = (unsigned char)d;
+  } else if (d < (1 << 7)) {
+    *q++ = (unsigned char)d;
+  } else if (d < (1LL << 8)) {
+    *q++ = 0xcc, *q++ = (unsigned char)d;
+  } else if (d < (1LL << 16)) {
+    *q++ = 0xcd, q = put_be(q, (uint64_t)d, 2);
+  } else if (d < (1LL << 32)) {
+    *q++ = 0xce, q = put_be(q, (uint64_t)d, 4);
+  } else {
+    *q++ = 0xcf, q = put_be(q, (uint64_t)d, 8);
+  }
+  e->out->len += (size_t)(q - q0);
+  return 0;
+}
+
+static inline int wr_double(codec_enc *e, double v) {
+  if (enc_room(e, 9)) return -1;
+  unsigned char *q = (unsigned char *)e->out->data + e->out->len;
+  uint64_t u;
+  memcpy(&u, &v, 8);
+  q[0] = 0xcb;
+  put_be(q + 1, u, 8);
+  e->out->len += 9;
+  return 0;
+}
+
+static inline int wr_byte(codec_enc *e, unsigned char v) {
+  if (enc_room(e, 1)) return -1;
+  e->out->data[e->out->len++] = (char)v;
+  return 0;
+}
+
+/* str header and body in one reservation: a 1 MB string is one memcpy into
+ * the message buffer. */
+static inline int wr_str(codec_enc *e, const char *s, size_t n) {
+  size_t h = n < 32 ? 1 : n < 256 ? 2 : n < 65536 ? 3 : 5;
+  if (n > SIZE_MAX - 5 || enc_room(e, h + n)) {
+    if (n > SIZE_MAX - 5) e->toolarge = 1, e->want = SIZE_MAX;
+    return -1;
+  }
+  unsigned char *q = (unsigned char *)e->out->data + e->out->len;
+  if (h == 1) q[0] = (unsigned char)(0xa0 | n);
+  else if (h == 2) q[0] = 0xd9, q[1] = (unsigned char)n;
+  else if (h == 3) q[0] = 0xda, put_be(q + 1, n, 2);
+  else q[0] = 0xdb, put_be(q + 1, n, 4);
+  if (n) memcpy(q + h, s, n);
+  e->out->len += h + n;
+  return 0;
+}
+
+/* array (map = 0) or map (map = 1) header, as msgpack_pack_array/map. */
+static inline int wr_count(codec_enc *e, size_t n, int map) {
+  if (enc_room(e, 5)) return -1;
+  unsigned char *q = (unsigned char *)e->out->data + e->out->len;
+  if (n < 16) {
+    q[0] = (unsigned char)((map ? 0x80 : 0x90) | n);
+    e->out->len += 1;
+  } else if (n < 65536) {
+    q[0] = map ? 0xde : 0xdc;
+    put_be(q + 1, n, 2);
+    e->out->len += 3;
+  } else {
+    q[0] = map ? 0xdf : 0xdd;
+    put_be(q + 1, n, 4);
+    e->out->len += 5;
+  }
+  return 0;
+}
+
 void codec_enc_begin(codec_enc *e, codec_buf *out, const codec_limits *lim) {
   e->out = out;
   msgpack_packer_init(&e->pk, e, enc_write);
@@ -621,9 +752,34 @@ static int pack_name(enc_ctx *c, const char *s, size_t n) {
   return 0;
 }
 
+/* Fast path for the common leaves: writes the boolean, number or string at
+ * idx (type t) straight into the buffer. Returns 1 when written, 0 when the
+ * value needs enc_any (other types, strings too long for msgpack), -1 when
+ * the write failed (e->toolarge or e->nomem set). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int enc_scalar(codec_enc *e, lua_State *L, int idx, int t) {
+  switch (t) {
+  case LUA_TBOOLEAN: return wr_byte(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2) ? -1 : 1;
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx)) return wr_int(e, (int64_t)lua_tointeger(L, idx)) ? -1 : 1;
+    return wr_double(e, (double)lua_tonumber(L, idx)) ? -1 : 1;
+  case LUA_TSTRING: {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (n > UINT32_MAX) return 0;
+    return wr_str(e, s, n) ? -1 : 1;
+  }
+  default: return 0;
+  }
+}
+
 /* Writes the entries of the table at idx as map keys and values; counts
  * them into *count. With `started`, the first key and value are already on
- * top of the stack (pushed by the caller's lua_next). */
+ * top of the stack (pushed by the caller's lua_next). Scalar keys and
+ * values are written inline; the frame (which the error path reads) is kept
+ * up to date with two stores per entry. */
 static int enc_map_entries(enc_ctx *c, int idx, int depth, size_t *count, int started) {
   lua_State *L = c->L;
   codec_enc *e = c->e;
@@ -633,15 +789,19 @@ static int enc_map_entries(enc_ctx *c, int idx, int depth, size_t *count, int st
     lua_pushnil(L);
     if (!lua_next(L, idx)) goto done;
   }
+  int k = lua_gettop(L) - 1; /* enc_any restores the top: k stays valid */
   do {
-    int k = lua_gettop(L) - 1;
     frame *f = &e->fr[e->nfr - 1]; /* the frame array may have moved */
     f->kind = FR_MAPKEY;
     f->idx = k;
-    if (enc_any(c, k, depth + 1)) return -1;
+    int r = enc_scalar(e, L, k, lua_type(L, k));
+    if (r < 0) return fail_write(c);
+    if (r == 0 && enc_any(c, k, depth + 1)) return -1;
     e->fr[e->nfr - 1].kind = FR_KEY;
-    if (enc_any(c, k + 1, depth + 1)) return -1;
-    lua_pop(L, 1);
+    r = enc_scalar(e, L, k + 1, lua_type(L, k + 1));
+    if (r < 0) return fail_write(c);
+    if (r == 0 && enc_any(c, k + 1, depth + 1)) return -1;
+    lua_settop(L, k);
     n++;
   } while (lua_next(L, idx));
 done:
@@ -662,7 +822,7 @@ static int enc_table_body(enc_ctx *c, int idx, int depth) {
      * maps, shrink the header to fixmap by moving the body. */
     lua_pushnil(L);
     if (!lua_next(L, idx)) {
-      W(msgpack_pack_array(&e->pk, 0));
+      W(wr_count(e, 0, 0));
       return 0;
     }
     unsigned char h[5] = {0xdf, 0, 0, 0, 0};
@@ -683,32 +843,41 @@ static int enc_table_body(enc_ctx *c, int idx, int depth) {
     }
     return 0;
   }
+  /* A proper sequence has exactly the keys 1..n. lua_next walks the array
+   * part first, in order, so the usual case sees 1, 2, ..., n. */
   size_t count = 0;
   int seq = 1;
   lua_pushnil(L);
+  int kk = lua_gettop(L);
   while (lua_next(L, idx)) {
     count++;
     if (seq) {
-      int isint;
-      lua_Integer k = lua_tointegerx(L, -2, &isint);
-      if (!isint || lua_type(L, -2) != LUA_TNUMBER || k < 1 || (lua_Unsigned)k > n) seq = 0;
+      if (!lua_isinteger(L, kk)) {
+        seq = 0;
+      } else {
+        lua_Integer k = lua_tointeger(L, kk);
+        if (k < 1 || (lua_Unsigned)k > n) seq = 0;
+      }
     }
-    lua_pop(L, 1);
+    lua_settop(L, kk);
   }
   if (seq && count == n) {
-    W(msgpack_pack_array(&e->pk, (size_t)n));
+    W(wr_count(e, (size_t)n, 0));
     if (fr_push(e, FR_ELEM, 0, 0)) return fail(c, "out of memory");
+    int top = lua_gettop(L);
     for (lua_Unsigned i = 1; i <= n; i++) {
-      lua_rawgeti(L, idx, (lua_Integer)i);
+      int t = lua_rawgeti(L, idx, (lua_Integer)i);
       e->fr[e->nfr - 1].n = (lua_Integer)i;
-      if (enc_any(c, lua_gettop(L), depth + 1)) return -1;
-      lua_pop(L, 1);
+      int r = enc_scalar(e, L, top + 1, t);
+      if (r < 0) return fail_write(c);
+      if (r == 0 && enc_any(c, top + 1, depth + 1)) return -1;
+      lua_settop(L, top);
     }
     e->nfr--;
     return 0;
   }
   if (count > UINT32_MAX) return fail(c, "table too large");
-  W(msgpack_pack_map(&e->pk, count));
+  W(wr_count(e, count, 1));
   size_t written;
   return enc_map_entries(c, idx, depth, &written, 0);
 }
@@ -1019,14 +1188,11 @@ static int enc_any(enc_ctx *c, int idx, int depth) {
   codec_enc *e = c->e;
   int t = lua_type(L, idx);
   switch (t) {
-  case LUA_TNIL: W(msgpack_pack_nil(&e->pk)); return 0;
-  case LUA_TBOOLEAN:
-    if (lua_toboolean(L, idx)) W(msgpack_pack_true(&e->pk));
-    else W(msgpack_pack_false(&e->pk));
-    return 0;
+  case LUA_TNIL: W(wr_byte(e, 0xc0)); return 0;
+  case LUA_TBOOLEAN: W(wr_byte(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2)); return 0;
   case LUA_TNUMBER:
-    if (lua_isinteger(L, idx)) W(msgpack_pack_int64(&e->pk, (int64_t)lua_tointeger(L, idx)));
-    else W(msgpack_pack_double(&e->pk, (double)lua_tonumber(L, idx)));
+    if (lua_isinteger(L, idx)) W(wr_int(e, (int64_t)lua_tointeger(L, idx)));
+    else W(wr_double(e, (double)lua_tonumber(L, idx)));
     return 0;
   case LUA_TSTRING: {
     size_t n;
@@ -1036,16 +1202,7 @@ static int enc_any(enc_ctx *c, int idx, int depth) {
       e->want = e->out->len + n;
       return fail_write(c);
     }
-    codec_buf *b = e->out;
-    if (n < 32 && 32 <= b->cap - b->len && b->len + 32 <= e->lim.max_size) {
-      /* Short strings (most keys): fixstr header and body in one go. */
-      b->data[b->len] = (char)(0xa0 | n);
-      memcpy(b->data + b->len + 1, s, n);
-      b->len += n + 1;
-      return 0;
-    }
-    W(msgpack_pack_str(&e->pk, n));
-    W(msgpack_pack_str_body(&e->pk, s, n));
+    W(wr_str(e, s, n));
     return 0;
   }
   case LUA_TTABLE:
@@ -1112,8 +1269,21 @@ typedef struct dec {
   const void *fc_used[16];
   int nfc_used;
   codec_enc *fc_owner; /* holds the cache's counters */
+  /* Map key cache: the last short string key seen in each of KC_SLOTS
+   * slots (hashed on length and first/last byte), its Lua string held in
+   * the stack slot kc + slot. A hit is a compare and a lua_pushvalue
+   * instead of lua_pushlstring's hashing and interning; the same bytes
+   * always make the same (interned) Lua string, so nothing changes for the
+   * caller. kc is 0 when the cache is off (short messages). */
+  int kc;
+  struct kslot {
+    unsigned char n; /* length + 1; 0 = empty */
+    char s[31];
+  } kcs[32];
   char err[512];
 } dec;
+
+#define KC_SLOTS 32
 
 static int derr(dec *d, const char *fmt, ...) {
   va_list ap;
@@ -1149,6 +1319,76 @@ static void reg_obj(dec *d) {
   refs_need(d);
   lua_pushvalue(d->L, -1);
   lua_rawseti(d->L, d->refs, ++d->nrefs);
+}
+
+/* Pushes the short string s[0..n) (n < 32), from the key cache when on. */
+static inline void push_key(dec *d, const char *s, size_t n) {
+  lua_State *L = d->L;
+  if (d->kc == 0 || n == 0) {
+    lua_pushlstring(L, s, n);
+    return;
+  }
+  unsigned h = (unsigned)(n * 7 + (unsigned char)s[0] * 3u + (unsigned char)s[n - 1]) & (KC_SLOTS - 1);
+  struct kslot *k = &d->kcs[h];
+  if (k->n == n + 1 && memcmp(k->s, s, n) == 0) {
+    lua_pushvalue(L, d->kc + (int)h);
+    return;
+  }
+  lua_pushlstring(L, s, n);
+  lua_copy(L, -1, d->kc + (int)h);
+  k->n = (unsigned char)(n + 1);
+  memcpy(k->s, s, n);
+}
+
+/* Inline decoding of the commonest leaves (fixint, fixstr, nil, booleans,
+ * float64) inside containers. Returns 1 when it pushed the value, 0 when
+ * dec_any must handle it (other types, and anything truncated: dec_any
+ * reports those). */
+static inline int dec_leaf(dec *d) {
+  lua_State *L = d->L;
+  size_t pos = d->pos, left = d->len - pos;
+  if (left == 0) return 0;
+  unsigned b = d->p[pos];
+  if (b <= 0x7f) {
+    lua_pushinteger(L, (lua_Integer)b);
+  } else if (b >= 0xe0) {
+    lua_pushinteger(L, (lua_Integer)(int8_t)b);
+  } else if (b >= 0xa0 && b <= 0xbf) {
+    size_t n = b & 0x1f;
+    if (n >= left) return 0;
+    lua_pushlstring(L, (const char *)d->p + pos + 1, n);
+    d->pos = pos + 1 + n;
+    return 1;
+  } else if (b == 0xcb) {
+    if (left < 9) return 0;
+    uint64_t u = rd_be(d->p + pos + 1, 8);
+    double f;
+    memcpy(&f, &u, 8);
+    lua_pushnumber(L, (lua_Number)f);
+    d->pos = pos + 9;
+    return 1;
+  } else if (b >= 0xcc && b <= 0xd3) {
+    int w = 1 << ((b - 0xcc) & 3);
+    if ((size_t)w >= left) return 0;
+    uint64_t u = rd_be(d->p + pos + 1, w);
+    if (b <= 0xcf) {
+      if (u > (uint64_t)LUA_MAXINTEGER) lua_pushnumber(L, (lua_Number)u);
+      else lua_pushinteger(L, (lua_Integer)u);
+    } else {
+      int64_t v = w == 1 ? (int8_t)u : w == 2 ? (int16_t)u : w == 4 ? (int32_t)u : (int64_t)u;
+      lua_pushinteger(L, (lua_Integer)v);
+    }
+    d->pos = pos + 1 + (size_t)w;
+    return 1;
+  } else if (b == 0xc3 || b == 0xc2) {
+    lua_pushboolean(L, b == 0xc3);
+  } else if (b == 0xc0) {
+    lua_pushnil(L);
+  } else {
+    return 0;
+  }
+  d->pos = pos + 1;
+  return 1;
 }
 
 static int dec_any(dec *d, int depth);
@@ -1188,11 +1428,23 @@ static int dec_container(dec *d, int depth, size_t n, int map, size_t at) {
   if (!lua_checkstack(L, 6)) return derr(d, "nesting too deep for the Lua stack at offset %zu", at);
   if (map) lua_createtable(L, 0, n > 1024 ? 1024 : (int)n);
   else lua_createtable(L, n > (1u << 24) ? (1 << 24) : (int)n, 0);
+  if (d->nrefs == 0 && lua_type(L, d->refs) != LUA_TTABLE) {
+    /* First object of the message: when it is a container of containers,
+     * size the reference table for its elements at once (no rehashing as
+     * it grows one object at a time). */
+    int hint = 8;
+    if (!map && n > 8 && left > 0) {
+      unsigned b = d->p[d->pos];
+      if ((b >= 0x80 && b <= 0x9f) || (b >= 0xdc && b <= 0xdf)) hint = n >= 1024 ? 1024 : (int)n + 1;
+    }
+    lua_createtable(L, hint, 0);
+    lua_replace(L, d->refs);
+  }
   reg_obj(d);
   int t = lua_gettop(L);
   if (!map) {
     for (size_t i = 1; i <= n; i++) {
-      if (dec_any(d, depth + 1)) return -1;
+      if (!dec_leaf(d) && dec_any(d, depth + 1)) return -1;
       lua_rawseti(L, t, (lua_Integer)i);
     }
     return 0;
@@ -1202,11 +1454,17 @@ static int dec_container(dec *d, int depth, size_t n, int map, size_t at) {
     /* Only nil and floats can be invalid keys; look at the first byte
      * rather than asking Lua about every key. */
     unsigned kb = kat < d->len ? d->p[kat] : 0;
-    if (dec_any(d, depth + 1)) return -1;
-    if (kb == 0xc0) return derr(d, "invalid map key nil at offset %zu", kat);
-    if ((kb == 0xca || kb == 0xcb) && isnan(lua_tonumber(L, -1)))
-      return derr(d, "invalid map key NaN at offset %zu", kat);
-    if (dec_any(d, depth + 1)) return -1;
+    if (kb >= 0xa0 && kb <= 0xbf && (size_t)(kb & 0x1f) < d->len - kat) {
+      size_t kn = kb & 0x1f; /* fixstr key, the usual case */
+      push_key(d, (const char *)d->p + kat + 1, kn);
+      d->pos = kat + 1 + kn;
+    } else {
+      if (dec_any(d, depth + 1)) return -1;
+      if (kb == 0xc0) return derr(d, "invalid map key nil at offset %zu", kat);
+      if ((kb == 0xca || kb == 0xcb) && isnan(lua_tonumber(L, -1)))
+        return derr(d, "invalid map key NaN at offset %zu", kat);
+    }
+    if (!dec_leaf(d) && dec_any(d, depth + 1)) return -1;
     lua_rawset(L, t);
   }
   return 0;
@@ -1671,6 +1929,19 @@ static int decode_n(lua_State *L, const char *data, size_t len, size_t *pos, con
       lua_pop(L, 1);
     }
   }
+  /* Key cache: only for messages long enough to repeat keys, and not for
+   * one string (str/bin first byte). */
+  d.kc = 0;
+  if (len - d.pos >= 128) {
+    unsigned b0 = (unsigned char)data[d.pos];
+    int strlike = (b0 >= 0xa0 && b0 <= 0xbf) || (b0 >= 0xc4 && b0 <= 0xc6) || (b0 >= 0xd9 && b0 <= 0xdb);
+    if (!strlike && lua_checkstack(L, KC_SLOTS + 8)) {
+      d.kc = lua_gettop(L) + 1;
+      lua_settop(L, d.kc + KC_SLOTS - 1);
+      memset(d.kcs, 0, sizeof d.kcs);
+    }
+  }
+  int helpers = lua_gettop(L) - base;
   int n = 0;
   while (d.pos < len && n < max) {
     if (!lua_checkstack(L, 4)) {
@@ -1686,8 +1957,8 @@ static int decode_n(lua_State *L, const char *data, size_t len, size_t *pos, con
     n++;
   }
   *pos = d.pos;
-  if (d.fcache) lua_remove(L, d.fcache);
-  lua_remove(L, base + 1);
+  lua_rotate(L, base + 1, -helpers); /* refs, fcache, key cache slots */
+  lua_pop(L, helpers);
   return n;
 }
 

@@ -15,6 +15,11 @@
  *   buffer (zero copy), while a Lua string must own its bytes. The owned
  *   floor adds the malloc+memcpy that any decoder producing an owned string
  *   needs, which is what lua_pushlstring does.
+ * - (a) "Lua API floor": the least work any codec on Lua's public API must
+ *   do for (a) with no msgpack at all: walk the 1001 tables with lua_next
+ *   reading every key and value, and build the copy with lua_createtable,
+ *   lua_rawset and lua_pushlstring (new "itemN" strings) from C values, the
+ *   keys already made. It bounds how close to msgpack-c the codec can get.
  * - (b) "fresh": a new closure object for every message (the usual
  *   `runInPool(pool, function() ... end)` pattern), so the sender's dump
  *   cache cannot help; (b) itself sends the same closure object again, as
@@ -71,7 +76,7 @@ static void codec_round(lua_State *L, codec_enc *e, codec_buf *b, int trusted) {
 static char names_a[1001][16];
 static size_t names_a_len[1001];
 
-static void floor_a(msgpack_sbuffer *sb, msgpack_unpacked *u) {
+__attribute__((noinline)) static void floor_a(msgpack_sbuffer *sb, msgpack_unpacked *u) {
   msgpack_sbuffer_clear(sb);
   msgpack_packer pk;
   msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
@@ -109,7 +114,46 @@ static void floor_b(msgpack_sbuffer *sb, msgpack_unpacked *u, const char *bc, si
   if (msgpack_unpack_next(u, sb->data, sb->size, &off) != MSGPACK_UNPACK_SUCCESS) exit(2);
 }
 
-static void floor_c(msgpack_sbuffer *sb, msgpack_unpacked *u, const char *s, size_t n) {
+__attribute__((noinline)) /* The Lua API floor of (a) (see the top). The payload is at `a`, the four
+ * key strings at keys..keys+3. */
+__attribute__((noinline)) static void api_floor_a(lua_State *L, int a, int keys) {
+  size_t sink = 0, n;
+  lua_pushnil(L);
+  while (lua_next(L, a)) {
+    int m = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, m)) {
+      if (lua_type(L, -2) == LUA_TSTRING) sink += (size_t)lua_tolstring(L, -2, &n)[0];
+      int t = lua_type(L, -1);
+      if (t == LUA_TNUMBER) sink += lua_isinteger(L, -1) ? (size_t)lua_tointeger(L, -1) : (size_t)lua_tonumber(L, -1);
+      else if (t == LUA_TSTRING) sink += (size_t)lua_tolstring(L, -1, &n)[0];
+      else sink += (size_t)lua_toboolean(L, -1);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  __asm__ volatile("" : : "r"(sink) : "memory");
+  lua_createtable(L, 1000, 0);
+  for (int i = 1; i <= 1000; i++) {
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, keys);
+    lua_pushinteger(L, i);
+    lua_rawset(L, -3);
+    lua_pushvalue(L, keys + 1);
+    lua_pushlstring(L, names_a[i], names_a_len[i]);
+    lua_rawset(L, -3);
+    lua_pushvalue(L, keys + 2);
+    lua_pushnumber(L, i * 0.5);
+    lua_rawset(L, -3);
+    lua_pushvalue(L, keys + 3);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    lua_rawseti(L, -2, i);
+  }
+  lua_pop(L, 1);
+}
+
+__attribute__((noinline)) static void floor_c(msgpack_sbuffer *sb, msgpack_unpacked *u, const char *s, size_t n) {
   msgpack_sbuffer_clear(sb);
   msgpack_packer pk;
   msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
@@ -118,7 +162,7 @@ static void floor_c(msgpack_sbuffer *sb, msgpack_unpacked *u, const char *s, siz
   if (msgpack_unpack_next(u, sb->data, sb->size, &off) != MSGPACK_UNPACK_SUCCESS) exit(2);
 }
 
-static void floor_c_owned(msgpack_sbuffer *sb, msgpack_unpacked *u, const char *s, size_t n) {
+__attribute__((noinline)) static void floor_c_owned(msgpack_sbuffer *sb, msgpack_unpacked *u, const char *s, size_t n) {
   floor_c(sb, u, s, n);
   msgpack_object_str *o = &u->data.via.str;
   char *own = malloc(o->size);
@@ -180,7 +224,7 @@ int main(int argc, char **argv) {
 
   static const char *const names[3] = {"a", "b", "c"};
   static const char *const globals[3] = {"A", "B", "C"};
-  double *codec_t[3], *floor_t[3];
+  double *codec_t[3], *floor_t[3], *api_t = calloc((size_t)runs, sizeof(double));
   for (int p = 0; p < 3; p++) {
     codec_t[p] = calloc((size_t)runs, sizeof(double));
     floor_t[p] = calloc((size_t)runs, sizeof(double));
@@ -201,10 +245,24 @@ int main(int argc, char **argv) {
         else if (p == 1) floor_b(&sb, &u, bc.data, bc.len);
         else floor_c(&sb, &u, cs, cn);
       }
-      double t2 = now_us();
+      double t2 = now_us(), ta = t2, t3 = t2;
+      if (p == 0) {
+        lua_getglobal(L, "A");
+        int a = lua_gettop(L);
+        lua_pushliteral(L, "id");
+        lua_pushliteral(L, "name");
+        lua_pushliteral(L, "score");
+        lua_pushliteral(L, "ok");
+        ta = now_us();
+        for (int i = 0; i < n; i++) api_floor_a(L, a, a + 1);
+        t3 = now_us();
+        lua_settop(L, a - 1);
+        lua_gc(L, LUA_GCSTEP, 0);
+      }
       if (r >= 0) {
         codec_t[p][r] = (t1 - t0) / n;
         floor_t[p][r] = (t2 - t1) / n;
+        if (p == 0) api_t[r] = (t3 - ta) / n;
       }
       lua_gc(L, LUA_GCSTEP, 0);
     }
@@ -265,6 +323,13 @@ int main(int argc, char **argv) {
     printf("RESULT codec_%s_us %.3f us\n", names[p], c);
     printf("RESULT codec_%s_floor_us %.3f us\n", names[p], f);
     printf("RESULT codec_%s_ratio %.3f x\n", names[p], c / f);
+    if (p == 0) {
+      double x = median(api_t, runs);
+      printf("# (a) Lua API floor (lua_next walk + building the copy, no msgpack): %.2f us = %.2fx msgpack-c; "
+             "codec / API floor %.2f\n", x, x / f, c / x);
+      printf("RESULT codec_a_api_floor_us %.3f us\n", x);
+      printf("RESULT codec_a_api_floor_ratio %.3f x\n", x / f);
+    }
     if (p == 1) {
       double x = median(bf, runs);
       printf("# (b) fresh closure per message (dump cache cannot help): codec %.2f us, ratio %.2f\n", x, x / f);
@@ -283,6 +348,7 @@ int main(int argc, char **argv) {
     free(codec_t[p]);
     free(floor_t[p]);
   }
+  free(api_t);
   free(bf);
   free(make);
   free(co);

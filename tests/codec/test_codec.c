@@ -541,6 +541,122 @@ static void test_refused_on_decode(void **st) {
 
 /* What the codec writes for plain data, msgpack-c (another implementation)
  * reads back with the same types. */
+/* The encoder's inline writers produce exactly msgpack-c's bytes: integers
+ * at every format boundary, doubles, strings at the header boundaries, and
+ * array/map headers, at the top level and inside containers. */
+static int sbuf_write(void *data, const char *buf, size_t len) {
+  return codec_buf_append(data, buf, len);
+}
+
+static void test_inline_writers_match_msgpack_c(void **st) {
+  lua_State *L = ((lua_State **)*st)[0];
+  static const int64_t ints[] = {0, 1, 31, 32, 127, 128, 255, 256, 65535, 65536, 4294967295LL,
+                                 4294967296LL, INT64_MAX, -1, -32, -33, -128, -129, -32768, -32769,
+                                 -2147483648LL, -2147483649LL, INT64_MIN};
+  static const size_t lens[] = {0, 1, 31, 32, 255, 256, 65535, 65536};
+  codec_buf want, got;
+  codec_buf_init(&want);
+  codec_buf_init(&got);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &want, sbuf_write);
+  size_t ni = sizeof ints / sizeof ints[0], ns = sizeof lens / sizeof lens[0];
+  msgpack_pack_array(&pk, ni + ns + 3);
+  lua_createtable(L, (int)(ni + ns + 3), 0);
+  for (size_t i = 0; i < ni; i++) {
+    msgpack_pack_int64(&pk, ints[i]);
+    lua_pushinteger(L, (lua_Integer)ints[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  for (size_t i = 0; i < ns; i++) {
+    char *s = test_malloc(lens[i] + 1);
+    memset(s, 'k', lens[i]);
+    msgpack_pack_str_with_body(&pk, s, lens[i]);
+    lua_pushlstring(L, s, lens[i]);
+    lua_rawseti(L, -2, (lua_Integer)(ni + i) + 1);
+    test_free(s);
+  }
+  msgpack_pack_double(&pk, -2.5);
+  lua_pushnumber(L, -2.5);
+  lua_rawseti(L, -2, (lua_Integer)(ni + ns) + 1);
+  msgpack_pack_map(&pk, 1); /* {k = 17 items} packs as a fixmap holding an array16 */
+  msgpack_pack_str_with_body(&pk, "k", 1);
+  msgpack_pack_array(&pk, 17);
+  lua_createtable(L, 0, 1);
+  lua_createtable(L, 17, 0);
+  for (int i = 1; i <= 17; i++) {
+    msgpack_pack_true(&pk);
+    lua_pushboolean(L, 1);
+    lua_rawseti(L, -2, i);
+  }
+  lua_setfield(L, -2, "k");
+  lua_rawseti(L, -2, (lua_Integer)(ni + ns) + 2);
+  msgpack_pack_nil(&pk); /* an empty table is an empty array, written as such */
+  want.len--;
+  msgpack_pack_array(&pk, 0);
+  lua_newtable(L);
+  lua_rawseti(L, -2, (lua_Integer)(ni + ns) + 3);
+  codec_enc *e = codec_enc_get(L);
+  codec_enc_begin(e, &got, NULL);
+  assert_int_equal(codec_enc_value(e, L, -1, "v"), 0);
+  lua_pop(L, 1);
+  assert_int_equal(got.len, want.len);
+  assert_memory_equal(got.data, want.data, want.len);
+  codec_buf_fini(&want);
+  codec_buf_fini(&got);
+}
+
+/* Decoding paths taken inside containers of long messages (map key cache,
+ * inline leaves): many distinct short keys that collide in the cache, every
+ * integer width, uint64 above math.maxinteger, and every strict prefix of
+ * such a message fails cleanly. */
+static void test_container_fast_paths(void **st) {
+  cross(st,
+        "(function() local t = {} for i = 1, 300 do local m = {} for j = 1, 40 do "
+        "m['k' .. (i * 7 + j) % 97] = j * 1000003 - 2^40 // 1 end m[''] = i m[string.rep('z', 31)] = -i "
+        "m.f = i + 0.25 m.s = 'item' .. i m.b = i % 2 == 0 t[i] = m end return t end)()",
+        "(function() for i = 1, 300 do local m = v[i] local n = 0 for k in pairs(m) do n = n + 1 end "
+        "for j = 1, 40 do if m['k' .. (i * 7 + j) % 97] == nil then return false end end "
+        "if m[''] ~= i or m[string.rep('z', 31)] ~= -i or m.f ~= i + 0.25 or m.s ~= 'item' .. i "
+        "or m.b ~= (i % 2 == 0) or math.type(m['']) ~= 'integer' then return false end end return true end)()");
+  lua_State *L = ((lua_State **)*st)[1];
+  codec_dec_opts o = untrusted();
+  /* [{"a": 0xcc..0xd3 values, "b": uint64 max}] padded past 128 bytes */
+  const char m[] =
+      "\x92\x8a\xa1" "a" "\xcc\xff" "\xa1" "b" "\xcd\x01\x00" "\xa1" "c" "\xce\x00\x01\x00\x00"
+      "\xa1" "d" "\xcf\xff\xff\xff\xff\xff\xff\xff\xff" "\xa1" "e" "\xd0\x80" "\xa1" "f" "\xd1\x80\x00"
+      "\xa1" "g" "\xd2\x80\x00\x00\x00" "\xa1" "h" "\xd3\x80\x00\x00\x00\x00\x00\x00\x00"
+      "\xa1" "i" "\xc0" "\xa1" "j" "\xcb\x3f\xf8\x00\x00\x00\x00\x00\x00"
+      "\xdc\x00\x10" "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\xe0\xff\xc2\xc3"
+      "\xa1" "1" "\xa1" "2" "\xa1" "3" "\xa1" "4" "\xa1" "5" "\xa1" "6" "\xa1" "7" "\xa1" "8"
+      "\xa1" "a" "\xa1" "b" "\xa1" "c" "\xa1" "d" "\xa1" "e" "\xa1" "f" "\xa1" "g" "\xa1" "h"
+      "\xa1" "i" "\xa1" "j" "\xa1" "k" "\xa1" "l";
+  size_t mn = sizeof m - 1;
+  /* the array16 holds 16 ints/booleans then 20 strings: fix its count;
+   * the message is long enough (>= 128 bytes) for the key cache */
+  char *buf = test_malloc(mn);
+  memcpy(buf, m, mn);
+  size_t at = 0;
+  while (at + 3 <= mn && memcmp(m + at, "\xdc\x00\x10", 3) != 0) at++;
+  assert_true(at + 3 <= mn);
+  buf[at + 2] = 36;
+  assert_true(mn >= 128);
+  assert_int_equal(codec_decode(L, buf, mn, &o), 1);
+  lua_setglobal(L, "v");
+  run(L, "local m = v[1] assert(m.a == 255 and m.b == 256 and m.c == 65536 and m.d == 2.0^64 - 1 "
+         "and math.type(m.d) == 'float' and m.e == -128 and m.f == -32768 and m.g == -2^31 "
+         "and m.h == math.mininteger and m.i == nil and m.j == 1.5) "
+         "local a = v[2] assert(#a == 36 and a[13] == -32 and a[14] == -1 and a[15] == false "
+         "and a[16] == true and a[24] == '8' and a[36] == 'l')");
+  for (size_t n = 1; n < mn; n++) {
+    int top = lua_gettop(L);
+    assert_int_equal(codec_decode(L, buf, n, &o), -1);
+    assert_int_equal(lua_gettop(L), top + 1);
+    assert_non_null(strstr(lua_tostring(L, -1), "truncated msgpack"));
+    lua_pop(L, 1);
+  }
+  test_free(buf);
+}
+
 static void test_msgpack_c_reads_ours(void **st) {
   lua_State *L = ((lua_State **)*st)[0];
   run(L, "return {1, -200, 1.5, 'str', true, false, {k = 'v'}, math.maxinteger, "
@@ -628,6 +744,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_function_cache, setup, teardown),
       cmocka_unit_test_setup_teardown(test_doc_example, setup, teardown),
       cmocka_unit_test_setup_teardown(test_msgpack_c_reads_ours, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_inline_writers_match_msgpack_c, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_container_fast_paths, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
