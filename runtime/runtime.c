@@ -833,10 +833,6 @@ static void process_nested(actor_rt *rt, worker *w, const char *body, size_t len
   codec_dec_opts o = {0, {0, 0}};
   codec_limits_default(&o.lim);
   int top = lua_gettop(L);
-  job tmp = {0};
-  tmp.kind = JOB_NESTED;
-  tmp.origin = w;
-  tmp.origin_id = wj.id;
   if (codec_decode_one(L, payload, wj.len, &pos, &o) != 1) {
     lua_settop(L, top);
     return;
@@ -878,7 +874,6 @@ static void process_nested(actor_rt *rt, worker *w, const char *body, size_t len
     job_answer_error(rt, j, "pool is shutting down");
     actor__job_free(rt, j);
   }
-  (void)tmp;
 }
 
 static int drain_inbox(actor_rt *rt) {

@@ -551,7 +551,6 @@ static int handle_msg(wctx *c, nng_msg *m) {
   const char *body = nng_msg_body(m);
   size_t len = nng_msg_len(m);
   wire_hdr h;
-  int stop = 0;
   if (len < sizeof h) return 0;
   memcpy(&h, body, sizeof h);
   if (h.version != WIRE_VERSION) return 0;
@@ -577,7 +576,7 @@ static int handle_msg(wctx *c, nng_msg *m) {
     if (i + 1 == h.count || (actor__now() - c->last_flush) * 1e6 >= REPLY_FLUSH_US) flush_replies(c);
   }
   flush_replies(c);
-  return stop;
+  return 0;
 }
 
 void *actor__worker_main(void *arg) {
