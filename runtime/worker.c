@@ -47,6 +47,8 @@ typedef struct wctx {
   const char *payload; /* current job, for job_prepare */
   size_t plen;
   int tb_ref;          /* registry slot for the last traceback */
+  char setup_error[256]; /* non-empty: the state could not be set up; every
+                          * job is answered with this instead of running */
 } wctx;
 
 static _Thread_local wctx *tl_ctx;
@@ -252,6 +254,17 @@ static void run_job(wctx *c, const wire_job *wj, const char *payload) {
   size_t at = reply_begin(c, wj->id);
   if (atomic_load(&w->stopping)) {
     reply_end(c, at, ST_SHUTDOWN, 0, 0);
+    return;
+  }
+  if (c->setup_error[0]) {
+    if (L) {
+      reply_error_str(c, at, c->setup_error);
+    } else { /* no state to encode with: a msgpack str8 by hand */
+      unsigned char hdr[2] = {0xd9, (unsigned char)strlen(c->setup_error)};
+      codec_buf_append(&c->out, hdr, 2);
+      codec_buf_append(&c->out, c->setup_error, hdr[1]);
+    }
+    reply_end(c, at, (wj->flags & JOB_F_NOREPLY) ? ST_ACKERR : ST_ERR, 0, 0);
     return;
   }
   double t0 = actor__now();
@@ -590,17 +603,20 @@ void *actor__worker_main(void *arg) {
   lua_State *L = lua_newstate(worker_alloc, &ctx);
   int stop = 0;
   if (!L) {
-    fprintf(stderr, "actor: cannot create a state for pool %s\n", w->p->name);
-    stop = 1;
+    /* keep serving: every job is answered with this error */
+    snprintf(ctx.setup_error, sizeof ctx.setup_error, "pool %s: cannot create a Lua state (out of memory)", w->p->name);
+    fprintf(stderr, "actor: %s\n", ctx.setup_error);
   } else {
     ctx.L = L;
     w->L = L;
     lua_pushboolean(L, 1);
     ctx.tb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushcfunction(L, setup_state);
-    if (lua_pcall(L, 0, 0, 0) != LUA_OK && !atomic_load(&w->abort_now)) {
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
       const char *m = lua_tostring(L, -1);
-      fprintf(stderr, "actor: pool %s: worker state setup failed: %s\n", w->p->name, m ? m : "?");
+      snprintf(ctx.setup_error, sizeof ctx.setup_error, "pool %s: worker state setup failed: %s", w->p->name,
+               m ? m : "(error object is not a string)");
+      if (!atomic_load(&w->abort_now)) fprintf(stderr, "actor: %s\n", ctx.setup_error);
       lua_pop(L, 1);
     }
   }

@@ -206,6 +206,20 @@ describe("pool configuration", function()
     assert.is_true(lp)
   end)
 
+  it("answers every job with the init error when a worker state cannot be set up", function()
+    local path = os.tmpname() .. ".lua"
+    local f = assert(io.open(path, "w"))
+    f:write('error("init exploded")\n')
+    f:close()
+    actor.pool("BADINIT", { threads = 1, init = path })
+    for _ = 1, 2 do
+      local ok, err = actor.call("BADINIT", function() return 1 end)
+      assert.is_false(ok)
+      assert.matches("pool BADINIT: worker state setup failed: .*init exploded", err)
+    end
+    os.remove(path)
+  end)
+
   it("counts invocations and errors", function()
     local p = actor.pool("STATS", { threads = 1 })
     for _ = 1, 3 do p:call(function() end) end
