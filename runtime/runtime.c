@@ -378,6 +378,30 @@ int actor__job_set_payload(job *j, const char *p, size_t n) {
   return 0;
 }
 
+/* Answers a worker's nested call with one error string (status ST_ERR or
+ * ST_NOPOOL). Best effort: if no message can be built, the worker's call
+ * stays unanswered until shutdown closes its socket. */
+static void send_nested_error(actor_rt *rt, worker *w, uint64_t id, int status, const char *msg) {
+  lua_State *L = rt->L;
+  codec_buf b;
+  codec_buf_init(&b);
+  codec_enc *e = codec_enc_get(L);
+  codec_enc_begin(e, &b, NULL);
+  lua_pushstring(L, msg);
+  codec_enc_value(e, L, -1, "error");
+  lua_pop(L, 1);
+  wire_hdr h = {WIRE_VERSION, MSG_NESTED_REPLY, 0, 1};
+  wire_reply r = {id, (uint8_t)status, 0, 0, 0, (uint32_t)b.len, 0};
+  nng_msg *m;
+  if (nng_msg_alloc(&m, 0) == 0) {
+    nng_msg_append(m, &h, sizeof h);
+    nng_msg_append(m, &r, sizeof r);
+    nng_msg_append(m, b.data, b.len);
+    if (nng_sendmsg(w->ssock, m, 0) != 0) nng_msg_free(m);
+  }
+  codec_buf_fini(&b);
+}
+
 /* Answers a caller without a reply from a worker: (false, msg). */
 static void job_answer_error(actor_rt *rt, job *j, const char *msg) {
   if (j->abandoned) return;
@@ -390,25 +414,7 @@ static void job_answer_error(actor_rt *rt, job *j, const char *msg) {
     lua_pushstring(L, msg);
     call_protected(rt, 2, "completion");
   } else if (j->kind == JOB_NESTED && j->origin) {
-    /* forward an error reply to the worker that waits */
-    size_t ml = strlen(msg);
-    codec_buf b;
-    codec_buf_init(&b);
-    codec_enc *e = codec_enc_get(rt->L);
-    codec_enc_begin(e, &b, NULL);
-    lua_pushlstring(rt->L, msg, ml);
-    codec_enc_value(e, rt->L, -1, "error");
-    lua_pop(rt->L, 1);
-    wire_hdr h = {WIRE_VERSION, MSG_NESTED_REPLY, 0, 1};
-    wire_reply r = {j->origin_id, ST_ERR, 0, 0, 0, (uint32_t)b.len, 0};
-    nng_msg *m;
-    if (nng_msg_alloc(&m, 0) == 0) {
-      nng_msg_append(m, &h, sizeof h);
-      nng_msg_append(m, &r, sizeof r);
-      nng_msg_append(m, b.data, b.len);
-      if (nng_sendmsg(j->origin->ssock, m, 0) != 0) nng_msg_free(m);
-    }
-    codec_buf_fini(&b);
+    send_nested_error(rt, j->origin, j->origin_id, ST_ERR, msg);
   }
 }
 
@@ -842,22 +848,7 @@ static void process_nested(actor_rt *rt, worker *w, const char *body, size_t len
   else if (lua_isinteger(L, -1)) p = actor__pool_find(rt, NULL, (int)lua_tointeger(L, -1));
   if (!p) {
     const char *nm = lua_tostring(L, -1);
-    wire_hdr h = {WIRE_VERSION, MSG_NESTED_REPLY, 0, 1};
-    lua_pushfstring(L, "no such pool: %s", nm ? nm : "?");
-    codec_buf b;
-    codec_buf_init(&b);
-    codec_enc *e = codec_enc_get(L);
-    codec_enc_begin(e, &b, NULL);
-    codec_enc_value(e, L, -1, "error");
-    wire_reply r = {wj.id, ST_NOPOOL, 0, 0, 0, (uint32_t)b.len, 0};
-    nng_msg *m;
-    if (nng_msg_alloc(&m, 0) == 0) {
-      nng_msg_append(m, &h, sizeof h);
-      nng_msg_append(m, &r, sizeof r);
-      nng_msg_append(m, b.data, b.len);
-      if (nng_sendmsg(w->ssock, m, 0) != 0) nng_msg_free(m);
-    }
-    codec_buf_fini(&b);
+    send_nested_error(rt, w, wj.id, ST_NOPOOL, lua_pushfstring(L, "no such pool: %s", nm ? nm : "?"));
     lua_settop(L, top);
     return;
   }
@@ -1046,7 +1037,6 @@ actor_rt *actor__rt_open(lua_State *L, int *err) {
   pthread_mutex_init(&rt->inbox_mu, NULL);
   rt->grace = 2.0;
   rt->started_at = actor__now();
-  codec_buf_init(&rt->scratch);
   codec_buf_init(&rt->encbuf);
   lua_newtable(L);
   rt->ticks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -1160,7 +1150,6 @@ void actor__rt_close(actor_rt *rt) {
   free(rt->inbox_from);
   free(rt->drain);
   free(rt->drain_from);
-  codec_buf_fini(&rt->scratch);
   codec_buf_fini(&rt->encbuf);
   while (rt->free_jobs) {
     job *j = rt->free_jobs;
