@@ -120,19 +120,12 @@ static pool *check_pool(lua_State *L, actor_rt *rt, int arg) {
   return p;
 }
 
-/* Whether the closure (or a function nested in it) names _TLS. Decided once
- * per prototype: the cache key is source:linedefined:lastlinedefined, and a
- * miss dumps the bytecode and looks for the constant. */
-static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
-  (void)L;
-  return codec_buf_append(ud, p, sz);
-}
-
-static int closure_uses_tls_slow(lua_State *L, actor_rt *rt, int fn);
-
-/* Fast path: a weak-keyed table closure -> answer, so sending the same
- * closure again costs one table lookup. */
-static int closure_uses_tls(lua_State *L, actor_rt *rt, int fn) {
+/* Whether the closure (or a function nested in it) names _TLS: the
+ * constant "_TLS" appears in its bytecode. The bytecode comes from the
+ * codec's dump cache, so the encode that follows reuses the dump; the
+ * answer is kept per closure (weak keys), so sending the same closure again
+ * costs one table lookup. */
+static int closure_uses_tls(lua_State *L, int fn) {
   fn = lua_absindex(L, fn);
   if (lua_iscfunction(L, fn)) return 0;
   if (lua_getfield(L, LUA_REGISTRYINDEX, "actor.tlsclosures") != LUA_TTABLE) {
@@ -152,39 +145,12 @@ static int closure_uses_tls(lua_State *L, actor_rt *rt, int fn) {
     return r;
   }
   lua_pop(L, 1);
-  int r = closure_uses_tls_slow(L, rt, fn);
-  lua_pushvalue(L, fn);
-  lua_pushboolean(L, r);
-  lua_rawset(L, -3);
+  codec_function_bytecode(L, fn);
+  size_t n = 0;
+  const char *bc = lua_tolstring(L, -1, &n);
+  int r = bc && n >= 4 && memmem(bc, n, "_TLS", 4) != NULL;
   lua_pop(L, 1);
-  return r;
-}
-
-static int closure_uses_tls_slow(lua_State *L, actor_rt *rt, int fn) {
-  lua_Debug ar;
   lua_pushvalue(L, fn);
-  if (!lua_getinfo(L, ">S", &ar)) return 1;
-  lua_getfield(L, LUA_REGISTRYINDEX, "actor.tlscache");
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, LUA_REGISTRYINDEX, "actor.tlscache");
-  }
-  lua_pushfstring(L, "%s:%d:%d", ar.source, ar.linedefined, ar.lastlinedefined);
-  lua_pushvalue(L, -1);
-  lua_rawget(L, -3);
-  if (!lua_isnil(L, -1)) {
-    int r = lua_toboolean(L, -1);
-    lua_pop(L, 3);
-    return r;
-  }
-  lua_pop(L, 1);
-  rt->scratch.len = 0;
-  lua_pushvalue(L, fn);
-  lua_dump(L, dump_writer, &rt->scratch, 0);
-  lua_pop(L, 1);
-  int r = rt->scratch.len >= 4 && memmem(rt->scratch.data, rt->scratch.len, "_TLS", 4) != NULL;
   lua_pushboolean(L, r);
   lua_rawset(L, -3);
   lua_pop(L, 1);
@@ -214,7 +180,7 @@ static int core_submit(lua_State *L) {
   int top = lua_gettop(L);
   uint32_t flags = 0;
   int send_tls = 0;
-  if (lua_istable(L, 6) && (tls_mode == 2 || (tls_mode == 1 && closure_uses_tls(L, rt, 9)))) send_tls = 1;
+  if (lua_istable(L, 6) && (tls_mode == 2 || (tls_mode == 1 && closure_uses_tls(L, 9)))) send_tls = 1;
   if (send_tls) flags |= JOB_F_TLS;
   if (!lua_isnoneornil(L, 7)) flags |= JOB_F_WCOMPLETE;
   if (kind == JOB_CAST) flags |= JOB_F_NOREPLY;

@@ -1045,6 +1045,52 @@ static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
   return enc_write(ud, p, sz);
 }
 
+/* lua_dump into a luaL_Buffer started on the first write, once the
+ * function is no longer needed on top (the way string.dump does it). */
+typedef struct dump_st {
+  int init;
+  luaL_Buffer b;
+} dump_st;
+
+static int dump_to_luabuf(lua_State *L, const void *p, size_t sz, void *ud) {
+  dump_st *st = ud;
+  if (!st->init) {
+    st->init = 1;
+    luaL_buffinit(L, &st->b);
+  }
+  luaL_addlstring(&st->b, p, sz);
+  return 0;
+}
+
+/* Pushes the bytecode of the Lua function at idx, from the per-state dump
+ * cache (dumping and caching it on a miss), so that a later encode of the
+ * same closure does not dump it again. Pushes nil for a C function. May
+ * raise only on memory errors; holds no malloc'ed memory meanwhile. */
+void codec_function_bytecode(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (!lua_isfunction(L, idx) || lua_iscfunction(L, idx)) {
+    lua_pushnil(L);
+    return;
+  }
+  dump_cache(L);                          /* cache */
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) == LUA_TSTRING) { /* cache bytecode */
+    lua_remove(L, -2);
+    return;
+  }
+  lua_pop(L, 1);                          /* cache */
+  lua_pushvalue(L, idx);                  /* cache fn */
+  dump_st st;
+  st.init = 0;
+  lua_dump(L, dump_to_luabuf, &st, 0);
+  if (st.init) luaL_pushresult(&st.b);    /* cache fn bytecode */
+  else lua_pushliteral(L, "");
+  lua_pushvalue(L, -1);                   /* cache fn bc bc */
+  lua_insert(L, -4);                      /* bc cache fn bc */
+  lua_rawset(L, -3);                      /* bc cache */
+  lua_pop(L, 1);                          /* bc */
+}
+
 static int enc_cfunction(enc_ctx *c, int idx) {
   lua_State *L = c->L;
   for (int attempt = 0; attempt < 2; attempt++) {

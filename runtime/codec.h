@@ -95,6 +95,12 @@ int codec_decode_one(lua_State *L, const char *data, size_t len, size_t *pos,
  * call again to pick up modules loaded later. */
 void codec_index_cfunctions(lua_State *L);
 
+/* Pushes the bytecode of the Lua function at idx (nil for a C function),
+ * from the per-state dump cache the encoder uses, dumping and caching it on
+ * a miss: a caller that inspects a closure before sending it does not make
+ * the encoder dump it a second time. May raise only on memory errors. */
+void codec_function_bytecode(lua_State *L, int idx);
+
 /* Lua module actor.codec: encode, decode, register(name, mt [, hooks]),
  * limits(...). Defined in bindings/lcodec.c. */
 int luaopen_actor_codec(lua_State *L);

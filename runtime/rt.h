@@ -245,7 +245,6 @@ struct actor_rt {
   double grace;    /* seconds running jobs get at shutdown */
   void *control;   /* control.c's server, if any */
   double started_at;
-  codec_buf scratch;  /* bytecode dumps (closure_uses_tls) */
   codec_buf encbuf;   /* payload being encoded by submit */
   job *free_jobs;     /* recycled job records */
   int nfree_jobs;
