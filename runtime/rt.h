@@ -178,6 +178,7 @@ struct pool {
   int closing;
   /* figures */
   uint64_t invocations, errors, timeouts, completed;
+  uint64_t batches; /* MSG_JOBS messages sent (jobs per message = dispatched / batches) */
   double total_wall;
   double created_at;
   double busy_integral; /* sum over time of busy threads, for avg_concurrency */

@@ -663,6 +663,7 @@ static int dispatch_pool(actor_rt *rt, pool *p) {
       }
       if (!p->qhead) p->qtail = NULL;
       p->queued -= n;
+      p->batches++;
       p->inflight += n;
       w->inflight += n;
       sent += n;
@@ -1015,6 +1016,7 @@ void actor__pool_stat(actor_rt *rt, pool *p, lua_State *L) {
   lua_pushinteger(L, (lua_Integer)p->errors); lua_setfield(L, -2, "errors");
   lua_pushinteger(L, (lua_Integer)p->timeouts); lua_setfield(L, -2, "timeouts");
   lua_pushinteger(L, (lua_Integer)p->completed); lua_setfield(L, -2, "completed");
+  lua_pushinteger(L, (lua_Integer)p->batches); lua_setfield(L, -2, "batches");
   lua_pushnumber(L, hist_quantile(p, 0.5)); lua_setfield(L, -2, "p50_ms");
   lua_pushnumber(L, hist_quantile(p, 0.99)); lua_setfield(L, -2, "p99_ms");
   lua_pushnumber(L, p->completed ? 1000.0 * p->total_wall / (double)p->completed : 0);

@@ -30,6 +30,8 @@ check dash-l 0 "^table$" "$ACTOR" -l string -e "print(type(string))"
 check dash-l-alias 0 "^function$" "$ACTOR" -l A=actor -e "print(type(A.call))"
 check globals 0 "^table[[:space:]]table[[:space:]]table$" "$ACTOR" -e "print(type(msys), type(_OSTLS), type(_TLS))"
 check requires 0 "^function[[:space:]]function$" "$ACTOR" -e "print(type(require('actor').call), type(require('util.async').runner))"
+want_paths=$(lua5.4 -e 'print(package.path) print(package.cpath)')
+check same-paths 0 "" bash -c "[ \"\$(\"$ACTOR\" -e 'print(package.path) print(package.cpath)')\" = \"$want_paths\" ]"
 cat >"$t/args.lua" <<'LUA'
 print(arg[0], arg[1], arg[2], select('#', ...), ...)
 LUA

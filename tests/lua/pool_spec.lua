@@ -27,6 +27,22 @@ describe("fire and forget", function()
     assert.is_false(started)
   end)
 
+  it("jobs held together travel together: many jobs per nng message", function()
+    local p = actor.pool("BATCH", { threads = 2 })
+    local n = 0
+    actor.run(function()
+      for i = 1, 1000 do
+        msys.runInPool("BATCH", function() return i end, function() n = n + 1 end,
+          msys.core.ECTP_COMPLETE_CALLBACK_SCHED)
+      end
+    end)
+    local st = p:stat()
+    assert.are.equal(1000, n)
+    assert.are.equal(1000, st.completed)
+    -- 1000 jobs queued at once leave in batches of up to 256, not one by one
+    assert.is_true(st.batches <= 16, "messages: " .. st.batches)
+  end)
+
   it("1M fire-and-forget jobs with scheduler completions: none lost, none twice", function()
     local N = math.floor(1000000 * scale)
     local seen, count = {}, 0
