@@ -11,7 +11,7 @@ what=${1:-demo}
 preset=${2:-release}
 
 pkgs=(cmake make gcc pkg-config liblua5.4-dev lua5.4 libnng-dev nng-utils libmsgpack-dev
-      libcmocka-dev lua-busted libjansson-dev lua-luv clang libclang-rt-14-dev luarocks)
+      libcmocka-dev lua-busted lua-lpeg libjansson-dev lua-luv clang libclang-rt-14-dev luarocks)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
