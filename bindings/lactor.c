@@ -159,6 +159,71 @@ static int closure_uses_tls(lua_State *L, int fn) {
 
 /* ----------------------------------------------------------- core API */
 
+/* Encodes and queues one job (see actor_submit_req in rt.h). Returns the
+ * job, or NULL with an error message pushed when a value cannot be sent or
+ * the pool is shutting down. Raises only when out of memory. */
+job *actor__lua_submit(lua_State *L, actor_rt *rt, pool *p, const actor_submit_req *q) {
+  if (rt->shutting_down || p->closing) {
+    lua_pushfstring(L, "pool %s is shutting down", p->name);
+    return NULL;
+  }
+  uint32_t flags = 0;
+  int send_tls = 0;
+  if (q->tls && lua_istable(L, q->tls) &&
+      (q->tls_mode == 2 || (q->tls_mode == 1 && closure_uses_tls(L, q->fn))))
+    send_tls = 1;
+  if (send_tls) flags |= JOB_F_TLS;
+  if (q->wcomp) flags |= JOB_F_WCOMPLETE;
+  if (q->kind == JOB_CAST) flags |= JOB_F_NOREPLY;
+  codec_buf *bp = &rt->encbuf; /* reused: no allocation per job once warm */
+  bp->len = 0;
+  codec_enc *e = codec_enc_get(L);
+  codec_enc_begin(e, bp, NULL);
+  int err = 0;
+  if (send_tls) err = codec_enc_value(e, L, q->tls, "_TLS");
+  if (!err && q->wcomp) err = codec_enc_value(e, L, q->wcomp, "completion");
+  if (!err) err = codec_enc_value(e, L, q->fn, q->where);
+  static const char *const argl[] = {"args[1]", "args[2]", "args[3]", "args[4]"};
+  for (int i = 0; i < q->nargs && !err; i++) {
+    char lbl[48];
+    const char *l = lbl;
+    if (i < 4) l = argl[i];
+    else snprintf(lbl, sizeof lbl, "args[%d]", i + 1);
+    err = codec_enc_value(e, L, q->arg0 + i, l);
+  }
+  if (err) {
+    if (bp->cap > (1u << 20)) codec_buf_fini(bp); /* do not keep a huge buffer */
+    return NULL; /* the codec pushed its message */
+  }
+  job *j = actor__job_new(rt, p);
+  if (!j || actor__job_set_payload(j, bp->data, bp->len) != 0) {
+    if (j) actor__job_free(rt, j);
+    luaL_error(L, "out of memory");
+    return NULL;
+  }
+  if (bp->cap > (1u << 20)) codec_buf_fini(bp);
+  j->kind = q->kind;
+  j->flags = flags;
+  double timeout = q->timeout;
+  if (timeout <= 0) timeout = p->timeout;
+  j->timeout_ms = timeout > 0 ? (uint32_t)(timeout * 1000 + 0.5) : 0;
+  if (j->timeout_ms == 0 && timeout > 0) j->timeout_ms = 1;
+  if (q->kind == JOB_CALL && q->cb) {
+    lua_pushvalue(L, q->cb);
+    j->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  if (send_tls) {
+    lua_pushvalue(L, q->tls);
+    j->tlsref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  if (actor__submit(rt, j) != 0) {
+    actor__job_free(rt, j);
+    lua_pushfstring(L, "pool %s is shutting down", p->name);
+    return NULL;
+  }
+  return j;
+}
+
 /* submit(pool, kind, tls_mode, timeout_s, cb, tls, wcomp, where, fn, ...)
  *   kind: 0 call (cb gets ok, ...), 1 cast (no reply)
  *   tls_mode: 0 never, 1 when the closure names _TLS, 2 always
@@ -167,68 +232,22 @@ static int closure_uses_tls(lua_State *L, int fn) {
 static int core_submit(lua_State *L) {
   actor_rt *rt = get_rt(L);
   pool *p = check_pool(L, rt, 1);
-  int kind = (int)luaL_checkinteger(L, 2);
-  int tls_mode = (int)luaL_checkinteger(L, 3);
-  double timeout = luaL_optnumber(L, 4, 0);
-  const char *where = luaL_optstring(L, 8, "closure");
+  actor_submit_req q;
+  q.kind = (int)luaL_checkinteger(L, 2);
+  q.tls_mode = (int)luaL_checkinteger(L, 3);
+  q.timeout = luaL_optnumber(L, 4, 0);
+  q.where = luaL_optstring(L, 8, "closure");
   luaL_checktype(L, 9, LUA_TFUNCTION);
-  if (rt->shutting_down || p->closing) {
-    lua_pushboolean(L, 0);
-    lua_pushfstring(L, "pool %s is shutting down", p->name);
-    return 2;
-  }
-  int top = lua_gettop(L);
-  uint32_t flags = 0;
-  int send_tls = 0;
-  if (lua_istable(L, 6) && (tls_mode == 2 || (tls_mode == 1 && closure_uses_tls(L, 9)))) send_tls = 1;
-  if (send_tls) flags |= JOB_F_TLS;
-  if (!lua_isnoneornil(L, 7)) flags |= JOB_F_WCOMPLETE;
-  if (kind == JOB_CAST) flags |= JOB_F_NOREPLY;
-  codec_buf *bp = &rt->encbuf; /* reused: no allocation per job once warm */
-  bp->len = 0;
-  codec_enc *e = codec_enc_get(L);
-  codec_enc_begin(e, bp, NULL);
-  int err = 0;
-  if (send_tls) err = codec_enc_value(e, L, 6, "_TLS");
-  if (!err && (flags & JOB_F_WCOMPLETE)) err = codec_enc_value(e, L, 7, "completion");
-  if (!err) err = codec_enc_value(e, L, 9, where);
-  static const char *const argl[] = {"args[1]", "args[2]", "args[3]", "args[4]"};
-  for (int i = 10; i <= top && !err; i++) {
-    char lbl[48];
-    const char *l = lbl;
-    if (i - 10 < 4) l = argl[i - 10];
-    else snprintf(lbl, sizeof lbl, "args[%d]", i - 9);
-    err = codec_enc_value(e, L, i, l);
-  }
-  if (err) {
-    if (bp->cap > (1u << 20)) codec_buf_fini(bp); /* do not keep a huge buffer */
+  q.cb = lua_isnoneornil(L, 5) ? 0 : 5;
+  q.tls = lua_istable(L, 6) ? 6 : 0;
+  q.wcomp = lua_isnoneornil(L, 7) ? 0 : 7;
+  q.fn = 9;
+  q.arg0 = 10;
+  q.nargs = lua_gettop(L) - 9;
+  job *j = actor__lua_submit(L, rt, p, &q);
+  if (!j) {
     lua_pushboolean(L, 0);
     lua_insert(L, -2);
-    return 2;
-  }
-  job *j = actor__job_new(rt, p);
-  if (!j || actor__job_set_payload(j, bp->data, bp->len) != 0) {
-    if (j) actor__job_free(rt, j);
-    return luaL_error(L, "out of memory");
-  }
-  if (bp->cap > (1u << 20)) codec_buf_fini(bp);
-  j->kind = kind;
-  j->flags = flags;
-  if (timeout <= 0) timeout = p->timeout;
-  j->timeout_ms = timeout > 0 ? (uint32_t)(timeout * 1000 + 0.5) : 0;
-  if (j->timeout_ms == 0 && timeout > 0) j->timeout_ms = 1;
-  if (kind == JOB_CALL && !lua_isnoneornil(L, 5)) {
-    lua_pushvalue(L, 5);
-    j->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
-  if (send_tls) {
-    lua_pushvalue(L, 6);
-    j->tlsref = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
-  if (actor__submit(rt, j) != 0) {
-    actor__job_free(rt, j);
-    lua_pushboolean(L, 0);
-    lua_pushfstring(L, "pool %s is shutting down", p->name);
     return 2;
   }
   lua_pushinteger(L, (lua_Integer)j->id);
@@ -575,7 +594,7 @@ int luaopen_actor(lua_State *L) {
   actor__pool_create(*u, "IO", 8);
 
   static const luaL_Reg core[] = {
-      {"submit", core_submit}, {"step", core_step}, {"pending", core_pending},
+      {"submit", core_submit}, {"hot_setup", actor__hot_setup}, {"step", core_step}, {"pending", core_pending},
       {"now", core_now}, {"fd", core_fd}, {"timeout", core_timeout}, {"timer", core_timer}, {"tick", core_tick},
       {"pool_find", core_pool_find}, {"pool_create", core_pool_create},
       {"pool_resize", core_pool_resize}, {"pool_stat", core_pool_stat},

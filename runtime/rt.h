@@ -106,13 +106,24 @@ enum job_kind {
 
 #define JOB_INLINE 192
 
+/* How a JOB_CALL's answer reaches Lua (bindings/lhot.c). */
+enum job_hot {
+  JOB_HOT_NONE = 0,   /* cbref is a function(ok, ...), called protected */
+  JOB_HOT_SCHED = 1,  /* cbref is a scheduler completion: run in a pooled runner */
+  JOB_HOT_RESUME = 2, /* cbref is a runner's thread parked in a sync call: resume it */
+};
+
 struct job {
   uint64_t id;
   pool *p;
   worker *w;      /* worker it was sent to, once sent */
   int kind;
-  int cbref;      /* registry ref of function(ok, ...) */
+  int cbref;      /* registry ref of function(ok, ...); with `hot`, of the
+                     completion (JOB_HOT_SCHED) or the parked thread
+                     (JOB_HOT_RESUME) */
   int tlsref;     /* registry ref of the caller's _TLS table, or LUA_NOREF */
+  uint8_t hot;    /* JOB_HOT_*: delivered by bindings/lhot.c, not by a callback */
+  uint8_t hotcfg; /* lhot.c: which util.async instance the runner belongs to */
   uint32_t flags;
   uint32_t timeout_ms;
   char *payload;  /* malloc'ed encoding; freed once sent */
@@ -252,6 +263,7 @@ struct actor_rt {
   int msgh;           /* stack index of the message handler while draining */
   int no_lua;         /* closing from inside a coroutine: run no Lua callbacks */
   int traceback_ref;
+  int hot_ref;        /* lhot.c: registry ref of its configurations; 0 until set */
   _Atomic(actor_cmod *) cmods; /* api.c: host C modules for worker states */
 };
 
@@ -295,7 +307,29 @@ int actor__control_open(actor_rt *rt) __attribute__((weak));   /* scheduler thre
 void actor__control_close(actor_rt *rt) __attribute__((weak)); /* scheduler thread, before shutdown */
 int luaopen_actor_net(lua_State *L) __attribute__((weak));
 
+/* Calls the function below nargs arguments on the scheduler state's stack,
+ * protected; errors are reported on stderr as "actor: error in <what>". */
+void actor__call_protected(actor_rt *rt, int nargs, const char *what);
+
 /* bindings */
+/* lactor.c: what actor__lua_submit encodes. Stack indices; 0 is none. */
+typedef struct actor_submit_req {
+  int kind;         /* JOB_CALL or JOB_CAST */
+  int tls_mode;     /* 0 never send _TLS, 1 when the closure names it, 2 always */
+  double timeout;   /* seconds; <= 0: the pool's */
+  int cb;           /* JOB_CALL: the value kept in cbref */
+  int tls;          /* the caller's _TLS table */
+  int wcomp;        /* a completion run on the worker */
+  int fn, arg0, nargs; /* the closure and its arguments */
+  const char *where;   /* label of the closure in error messages */
+} actor_submit_req;
+job *actor__lua_submit(lua_State *L, actor_rt *rt, pool *p, const actor_submit_req *q);
+/* lhot.c: answers a job whose `hot` is set. The stack holds the value of
+ * j->cbref and the nargs values of the answer (ok, results...); all of it
+ * is popped. */
+void actor__hot_deliver(actor_rt *rt, job *j, int nargs);
+/* lhot.c: core.hot_setup (upvalue 1: the runtime's userdata). */
+int actor__hot_setup(lua_State *L);
 int actor__open_core(lua_State *L, actor_rt *rt);
 int actor__load_embedded(lua_State *L, const char *name);
 void actor__install_searcher(lua_State *L);

@@ -253,6 +253,10 @@ static int traceback_msgh(lua_State *L) {
 }
 
 /* Calls the function below nargs arguments on the stack, protected. */
+static void call_protected(actor_rt *rt, int nargs, const char *what);
+void actor__call_protected(actor_rt *rt, int nargs, const char *what) {
+  call_protected(rt, nargs, what);
+}
 static void call_protected(actor_rt *rt, int nargs, const char *what) {
   lua_State *L = rt->L;
   if (rt->no_lua) { /* the state's main thread is not running: drop the call */
@@ -335,6 +339,7 @@ job *actor__job_new(actor_rt *rt, pool *p) {
   j->id = ((uint64_t)rt->gen[slot] << 32) | (uint32_t)slot;
   j->p = p;
   j->cbref = j->tlsref = LUA_NOREF;
+  j->hot = JOB_HOT_NONE;
   return j;
 }
 
@@ -412,7 +417,8 @@ static void job_answer_error(actor_rt *rt, job *j, const char *msg) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, j->cbref);
     lua_pushboolean(L, 0);
     lua_pushstring(L, msg);
-    call_protected(rt, 2, "completion");
+    if (j->hot) actor__hot_deliver(rt, j, 2);
+    else call_protected(rt, 2, "completion");
   } else if (j->kind == JOB_NESTED && j->origin) {
     send_nested_error(rt, j->origin, j->origin_id, ST_ERR, msg);
   }
@@ -791,7 +797,8 @@ static void deliver(actor_rt *rt, job *j, const wire_reply *r, const char *paylo
       lua_remove(L, top + 3);
     }
   }
-  call_protected(rt, lua_gettop(L) - top - 1, "completion");
+  if (j->hot) actor__hot_deliver(rt, j, lua_gettop(L) - top - 1);
+  else call_protected(rt, lua_gettop(L) - top - 1, "completion");
   lua_settop(L, top);
 }
 

@@ -189,6 +189,11 @@ end)
 
 ---------------------------------------------------------------------- pools
 
+-- Frames between the user's call and the Lua implementation of call, cast
+-- and runInPool: their C fronts (bindings/lhot.c) call it. Error levels
+-- below count that frame so messages still name the user's line.
+local F = core.hot_setup and 1 or 0
+
 -- name or id -> id, name; pools are never removed, so this only grows.
 local pool_ids, pool_names = {}, {}
 -- id -> true when the pool has a backlog (callers may have to park)
@@ -199,11 +204,11 @@ local function pool_of(fname, p, argn)
   if id then return id, pool_names[id] end
   local tp = type(p)
   if tp ~= "string" and math.type(p) ~= "integer" then
-    error(("bad argument #%d to '%s' (pool name or id expected, got %s)"):format(argn, fname, tp), 3)
+    error(("bad argument #%d to '%s' (pool name or id expected, got %s)"):format(argn, fname, tp), 3 + F)
   end
   local id, name = core.pool_find(p)
   if not id then
-    error(("bad argument #%d to '%s' (no such pool: %s)"):format(argn, fname, tostring(p)), 3)
+    error(("bad argument #%d to '%s' (no such pool: %s)"):format(argn, fname, tostring(p)), 3 + F)
   end
   pool_ids[p], pool_names[id] = id, name
   return id, name
@@ -227,10 +232,10 @@ end
 
 local function call_impl(fname, pool, opts, fn, label, ...)
   local r, where = context()
-  if not r and where ~= "main" then not_here(fname, 3) end
+  if not r and where ~= "main" then not_here(fname, 3 + F) end
   local id, name = pool_of(fname, pool, 1)
   if type(fn) ~= "function" then
-    error(("bad argument #2 to '%s' (function expected, got %s)"):format(fname, type(fn)), 3)
+    error(("bad argument #2 to '%s' (function expected, got %s)"):format(fname, type(fn)), 3 + F)
   end
   wait_room(id, r)
   local timeout = opts and opts.timeout or 0
@@ -286,7 +291,7 @@ local function cast_impl(fname, pool, opts, fn, label, ...)
   local r = context()
   local id = pool_of(fname, pool, 1)
   if type(fn) ~= "function" then
-    error(("bad argument #2 to '%s' (function expected, got %s)"):format(fname, type(fn)), 3)
+    error(("bad argument #2 to '%s' (function expected, got %s)"):format(fname, type(fn)), 3 + F)
   end
   wait_room(id, r)
   local completion = opts and opts.completion
@@ -407,12 +412,31 @@ function msys.runInPool(pool, closure, mode, cmode)
   elseif type(mode) == "function" or (getmetatable(mode) or {}).__call then
     local sched = cmode == ECTP_COMPLETE_CALLBACK_SCHED
     if not sched and type(mode) ~= "function" then
-      error("bad argument #3 to 'runInPool' (a completion run in the pool must be a function)", 2)
+      error("bad argument #3 to 'runInPool' (a completion run in the pool must be a function)", 2 + F)
     end
     return cast_impl("runInPool", pool, { completion = mode, sched = sched }, closure, RUN_LABEL)
   else
-    error("bad argument #3 to 'runInPool' (boolean or completion function expected, got " .. type(mode) .. ")", 2)
+    error("bad argument #3 to 'runInPool' (boolean or completion function expected, got " .. type(mode) .. ")", 2 + F)
   end
+end
+
+-- The plain cases of call, cast and runInPool run in C (bindings/lhot.c):
+-- a sync caller parks and is resumed from C, a scheduler completion runs in
+-- a pooled runner resumed from C. Everything else comes back to the Lua
+-- functions above.
+if core.hot_setup and async._hot then
+  local h = async._hot()
+  local attach = h.attach
+  h.new_pooled = function(body)
+    local r = async.runner(nil, { error = report })
+    attach(r, body)
+    return r
+  end
+  M.call, M.cast, msys.runInPool = (function(rip, call, cast)
+    return call, cast, rip
+  end)(core.hot_setup(h, msys.runInPool, M.call, M.cast))
+else
+  F = 0
 end
 
 msys.sleep = M.sleep

@@ -622,6 +622,46 @@ function M._runners()
   return list
 end
 
+-- _hot(): what the runtime's C paths (bindings/lhot.c) need to run pooled
+-- runners and resume runners parked in sync calls with util.async's own
+-- rules: the bookkeeping tables, and the steps run() and continue() take
+-- after an item finished, parked or raised.
+function M._hot()
+  return {
+    runner_of = runner_of, tls_of = tls_of, G = G, get_tls = get_tls,
+    after_ready = after_ready, after_error = after_error,
+    -- attach(r, body): r's thread becomes a coroutine running body
+    attach = function(r, body)
+      local thread = co_create(body)
+      local hook, mask, count = gethook()
+      if hook then sethook(thread, hook, mask, count) end
+      runner_of[thread] = r
+      r.thread = thread
+      return thread
+    end,
+    -- what run() does when the item it resumed yields "wait"
+    parked = function(r)
+      r.state = "waiting"
+      if r.notified_state ~= "waiting" then
+        r.notified_state = "waiting"
+        local handler = get_watcher(r, "waiting")
+        if handler then handler(r) end
+      end
+      waiting_runners[r] = time_now()
+    end,
+    -- what run() does when the item it resumed raises
+    failed = function(r, thread, e)
+      local err = traceback(thread, e)
+      runner_of[thread] = nil
+      r.thread = nil
+      r.state = "ready"
+      local handler = get_watcher(r, "error")
+      if handler then handler(r, err) end
+      waiting_runners[r] = nil
+    end,
+  }
+end
+
 -- _set_logger(f): f(source, level, fmt, ...) receives every log message
 -- (nil restores the default: warnings and errors to stderr).
 function M._set_logger(f) log_sink = f or default_sink end
