@@ -44,7 +44,7 @@ enum {
   CFG_NOT_ASYNC,     /* error message outside a runner */
   CFG_N = CFG_NOT_ASYNC,
   CFG_TLS_KEY,       /* the string "_TLS" */
-  CFG_WAIT           /* the string "wait" */
+  CFG_LAST = CFG_TLS_KEY
 };
 
 #define F_WAITING 1
@@ -159,8 +159,7 @@ static int l_wait(lua_State *L) {
     lua_setupvalue(L, lua_upvalueindex(1), 2);
   }
   lua_settop(L, 0);
-  lua_getupvalue(L, lua_upvalueindex(1), 3); /* configuration */
-  lua_rawgeti(L, 1, CFG_WAIT);
+  lua_pushliteral(L, "wait");
   return lua_yield(L, 1);
 }
 
@@ -199,15 +198,13 @@ static int l_setup(lua_State *L) {
   static const char *const names[] = {"runner_of", "tls_of", "G", "get_tls", "continue",
                                       "after_ready", "after_error", "waiter_wide", "not_async"};
   luaL_checktype(L, 1, LUA_TTABLE);
-  lua_createtable(L, CFG_WAIT, 0);
+  lua_createtable(L, CFG_LAST, 0);
   for (int i = 0; i < CFG_N; i++) {
     if (lua_getfield(L, 1, names[i]) == LUA_TNIL) return luaL_error(L, "asynccore.setup: '%s' missing", names[i]);
     lua_rawseti(L, -2, i + 1);
   }
   lua_pushliteral(L, "_TLS");
   lua_rawseti(L, -2, CFG_TLS_KEY);
-  lua_pushliteral(L, "wait");
-  lua_rawseti(L, -2, CFG_WAIT);
   lua_pushcclosure(L, l_waiter, 1);
   return 1;
 }
