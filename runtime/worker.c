@@ -267,6 +267,11 @@ static void run_job(wctx *c, const wire_job *wj, const char *payload) {
     reply_end(c, at, (wj->flags & JOB_F_NOREPLY) ? ST_ACKERR : ST_ERR, 0, 0);
     return;
   }
+  /* The reply record is begun again once the job has run: the job may
+   * flush the reply buffer while it runs (actor.sleep, a nested sync call),
+   * and a flush must carry only finished replies, never this one's header
+   * (which would then be written at an offset the flush has reset). */
+  c->out.len = at;
   double t0 = actor__now();
   atomic_store(&w->busy, 1);
   atomic_store(&w->job_started_us, (long long)(t0 * 1e6));
@@ -280,6 +285,7 @@ static void run_job(wctx *c, const wire_job *wj, const char *payload) {
   int rc = lua_pcall(L, 0, LUA_MULTRET, 0);
   if (rc != LUA_OK) {
     const char *m = rc == LUA_ERRMEM ? oom_message(L, w) : lua_tostring(L, -1);
+    at = reply_begin(c, wj->id);
     reply_error_str(c, at, m ? m : "cannot decode job");
     reply_end(c, at, noreply ? ST_ACKERR : ST_ERR, 0, 0);
     goto done;
@@ -294,6 +300,7 @@ static void run_job(wctx *c, const wire_job *wj, const char *payload) {
   if (wj->flags & JOB_F_WCOMPLETE) comp = idx++;
   int fn = idx;
   if (lua_type(L, fn) != LUA_TFUNCTION) {
+    at = reply_begin(c, wj->id);
     reply_error_str(c, at, "job carries no function");
     reply_end(c, at, noreply ? ST_ACKERR : ST_ERR, 0, 0);
     goto done;
@@ -339,6 +346,7 @@ static void run_job(wctx *c, const wire_job *wj, const char *payload) {
     }
     lua_settop(L, top);
   }
+  at = reply_begin(c, wj->id);
   if (noreply) {
     reply_end(c, at, ok ? ST_ACK : ST_ACKERR, 0, wall);
     goto done;

@@ -383,3 +383,41 @@ describe("batching without starvation", function()
     assert.is_true(dt < 3.0, "took " .. dt)
   end)
 end)
+
+describe("a job that sleeps or calls out after others of its batch finished", function()
+  -- Regression: the worker flushes finished replies when a job sleeps or
+  -- makes a nested sync call. The flush used to carry the running job's
+  -- half-written reply header and reset the buffer under it, so that job's
+  -- reply was lost and its caller never answered.
+  local function batch_of_two(second)
+    actor.pool("SOLO", { threads = 1 })
+    local got = {}
+    -- The worker also flushes between jobs once 200 µs passed since its
+    -- last flush; a tiny sleep first makes that flush happen now, so the
+    -- first job's reply is still in the buffer when the second one runs.
+    local first = function() actor.sleep(1e-6); return "first" end
+    actor.spawn(function()
+      -- both jobs are submitted before the loop dispatches: one batch
+      msys.runInPool("SOLO", first, function(ok, v) got[#got + 1] = tostring(ok) .. " " .. v end,
+        msys.core.ECTP_COMPLETE_CALLBACK_SCHED)
+      msys.runInPool("SOLO", second, function(ok, v) got[#got + 1] = tostring(ok) .. " " .. v end,
+        msys.core.ECTP_COMPLETE_CALLBACK_SCHED)
+    end)
+    actor.loop(5) -- bounded: a lost reply must fail the test, not hang it
+    table.sort(got)
+    return got
+  end
+
+  it("answers a job that calls actor.sleep", function()
+    assert.are.same({ "true first", "true slept" },
+      batch_of_two(function() actor.sleep(0.01); return "slept" end))
+  end)
+
+  it("answers a job that makes a nested sync call", function()
+    assert.are.same({ "true first", "true nested CPU" },
+      batch_of_two(function()
+        local ok, v = actor.call("CPU", function() return "CPU" end)
+        return "nested " .. tostring(ok and v)
+      end))
+  end)
+end)
