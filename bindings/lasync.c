@@ -154,6 +154,11 @@ static int l_wait(lua_State *L) {
   lua_pop(L, 1);
   lua_Integer flags = v & 3;
   if ((v - flags) == 0) return 0; /* every done() already came */
+  /* Where no yield is possible (a C call without continuation, such as a
+   * table.sort comparator) lua_yield raises; the waiter must not be marked
+   * waiting then, or done() would later resume the coroutine wherever it
+   * is parked by then. */
+  if (!lua_isyieldable(L)) return lua_yield(L, 0);
   if (!(flags & F_WAITING)) {
     lua_pushinteger(L, v | F_WAITING);
     lua_setupvalue(L, lua_upvalueindex(1), 2);

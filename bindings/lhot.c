@@ -398,7 +398,10 @@ static int front(lua_State *L, int api) {
   job *j;
   switch (mode) {
   case SYNC: {
-    if (!in_runner(L, cfg)) return slow(L); /* the main chunk drives the loop */
+    /* the main chunk drives the loop; a runner that cannot yield here
+     * (inside a metamethod or a C call without continuation) must not
+     * leave a job behind that would resume it later: the Lua path raises */
+    if (!lua_isyieldable(L) || !in_runner(L, cfg)) return slow(L);
     lua_pushthread(L);
     int th = lua_gettop(L);
     lua_getglobal(L, "_TLS");

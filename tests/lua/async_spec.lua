@@ -411,6 +411,53 @@ describe("util.async", function()
       assert.equal(1, err:find("Not running in an async context", 1, true))
     end)
 
+    it("#ours a wait() where no yield is possible raises and leaves the waiter unarmed", function()
+      local done, runs, caught = nil, 0, nil
+      local r, events = new(function()
+        runs = runs + 1
+        local wait
+        wait, done = async.waiter()
+        -- a table.sort comparator is a C call without continuation
+        local ok, err = pcall(table.sort, { 2, 1, 3 }, function(a, b) wait(); return a < b end)
+        assert(not ok)
+        caught = err
+      end)
+      r:run(1)
+      assert.matches("attempt to yield across a C%-call boundary", caught)
+      assert.equal("ready", r.state)
+      done() -- must not resume the runner's coroutine where it is parked now
+      assert.equal(1, runs)
+      assert.equal("ready", r.state)
+      assert.equal(0, #events)
+    end)
+
+    it("#ours a guard where no yield is possible raises without queueing the caller", function()
+      local guard = async.guarder()
+      local inside, second_err, later = false, nil, 0
+      local release
+      local r1 = new(function()
+        guard("k", function()
+          inside = true
+          local wait
+          wait, release = async.waiter()
+          wait()
+        end)
+      end)
+      local r2 = new(function()
+        local ok, err = pcall(table.sort, { 2, 1 }, function(a, b) guard("k", function() end); return a < b end)
+        second_err = not ok and err
+        later = later + 1
+      end)
+      r1:run(1)
+      assert.is_true(inside)
+      r2:run(1)
+      assert.matches("attempt to yield across a C%-call boundary", second_err)
+      release() -- the guard passes to nobody: r2 was never queued
+      assert.equal(1, later)
+      assert.equal("ready", r1.state)
+      assert.equal("ready", r2.state)
+    end)
+
     it("parks the runner until done()", function()
       local done
       local after = false

@@ -136,3 +136,27 @@ describe("many sync calls", function()
     assert.are.equal(100000 * 100001, sum)
   end)
 end)
+
+describe("a call where the runner cannot yield", function()
+  -- A table.sort comparator is a C call without continuation: the caller
+  -- cannot park there. The call raises, and nothing is left behind that
+  -- would resume the runner later at another place where it waits.
+  it("raises, and a later sleep of the same runner is not cut short", function()
+    local err, slept, runs = nil, nil, 0
+    actor.run(function()
+      runs = runs + 1
+      local ok, e = pcall(table.sort, { 2, 1, 3 }, function(a, b)
+        actor.call("CPU", function() return 1 end)
+        return a < b
+      end)
+      assert(not ok)
+      err = e
+      local t0 = actor.now()
+      actor.sleep(0.2)
+      slept = actor.now() - t0
+    end)
+    assert.matches("attempt to yield across a C%-call boundary", err)
+    assert.is_true(slept >= 0.19, "sleep cut short: " .. tostring(slept))
+    assert.are.equal(1, runs)
+  end)
+end)

@@ -23,6 +23,7 @@ local coroutine, debug, table, string, math, os, io, package =
       coroutine, debug, table, string, math, os, io, package
 local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
 local co_status, co_running, co_close = coroutine.status, coroutine.running, coroutine.close
+local co_isyieldable = coroutine.isyieldable
 local traceback, gethook, sethook = debug.traceback, debug.gethook, debug.sethook
 local rawget, rawset, setmetatable, type, error, select, xpcall, tostring, pcall =
       rawget, rawset, setmetatable, type, error, select, xpcall, tostring, pcall
@@ -421,6 +422,9 @@ local function waiter_wide(thread, num, allow_many)
   local waiting = false
   local function wait()
     if num == 0 then return end
+    -- where no yield is possible, raise before marking the waiter waiting:
+    -- done() must not resume the coroutine wherever it parks later
+    if not co_isyieldable() then co_yield("wait") end
     waiting = true
     co_yield("wait")
   end
@@ -443,6 +447,7 @@ local function waiter(num, allow_many)
   end
   local function wait()
     if s == 0 or s == WAITING then return end -- already done
+    if not co_isyieldable() then co_yield("wait") end -- raises; see waiter_wide
     if s < HALF then s = s + WAITING end
     co_yield("wait")
   end
@@ -495,6 +500,7 @@ local function guarder()
       guard = {}
       guards[id] = guard
     else
+      if not co_isyieldable() then co_yield("wait") end -- raises before queueing
       t_insert(guard, thread)
       co_yield("wait")
     end
