@@ -293,7 +293,7 @@ static int core_timeout(lua_State *L) {
 }
 
 static int core_fd(lua_State *L) {
-  lua_pushinteger(L, get_rt(L)->efd);
+  lua_pushinteger(L, actor__poll_fd(get_rt(L)));
   return 1;
 }
 
@@ -312,6 +312,7 @@ static int core_tick(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ticks_ref);
   lua_pushvalue(L, 1);
   lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  if (!rt->in_step) actor__wake(rt); /* a polling host learns there is work */
   return 0;
 }
 

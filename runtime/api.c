@@ -874,7 +874,7 @@ static api *hosted_get(actor_runtime rt, int *err) {
 int actor_fd(actor_runtime rt) {
   pthread_mutex_lock(&g_mu);
   api *a = find_locked(rt.id);
-  int fd = a && a->rt ? a->rt->efd : -1;
+  int fd = a && a->rt ? actor__poll_fd(a->rt) : -1;
   pthread_mutex_unlock(&g_mu);
   return fd;
 }

@@ -229,7 +229,11 @@ struct actor_rt {
   lua_State *L; /* scheduler state */
   pthread_t owner;
   int id;
-  int efd;
+  int efd;      /* eventfd: replies and posts wake the loop */
+  int tfd;      /* timerfd armed at the earliest timer, or -1 */
+  int pfd;      /* epoll of efd and tfd: what actor.fd() gives hosts, or -1 */
+  double tfd_when; /* deadline tfd is armed at; 0 disarmed, -1 unknown */
+  int in_step;  /* actor__step is running (timer changes re-arm at its end) */
   pthread_mutex_t inbox_mu;
   nng_msg **inbox; /* inbox_mu */
   worker **inbox_from;
@@ -283,6 +287,11 @@ int actor__pool_resize(pool *p, int threads);
 int actor__submit(actor_rt *rt, job *j);
 int actor__step(actor_rt *rt, double timeout);
 int actor__pending(actor_rt *rt);
+/* The descriptor a host polls: readable when replies or posts wait, when a
+ * timer is due, or when a next-tick function is queued. */
+int actor__poll_fd(actor_rt *rt);
+/* Wakes the loop (writes the eventfd). Any thread. */
+void actor__wake(actor_rt *rt);
 void actor__pool_stat(actor_rt *rt, pool *p, lua_State *L);
 timer *actor__timer_new(actor_rt *rt, lua_State *L, double after, double period, int fnidx);
 void actor__timer_cancel(actor_rt *rt, timer *t);

@@ -21,7 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -188,6 +190,41 @@ static void heap_remove(actor_rt *rt, timer *t) {
   t->heap_idx = -1;
 }
 
+/* Arms the timerfd at the earliest timer (or disarms it), so that the
+ * descriptor hosts poll becomes readable when a timer is due. Only when
+ * the earliest deadline changed: one syscall per change, not per timer. */
+static void timerfd_sync(actor_rt *rt) {
+  if (rt->tfd < 0) return;
+  double want = rt->nheap > 0 ? rt->heap[0]->when : 0;
+  if (want == rt->tfd_when) return;
+  struct itimerspec its;
+  memset(&its, 0, sizeof its);
+  if (want > 0) {
+    its.it_value.tv_sec = (time_t)want;
+    its.it_value.tv_nsec = (long)((want - (double)its.it_value.tv_sec) * 1e9);
+    if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
+  }
+  if (timerfd_settime(rt->tfd, TFD_TIMER_ABSTIME, &its, NULL) == 0) rt->tfd_when = want;
+  else rt->tfd_when = -1;
+}
+
+/* Reads an expired timerfd so it stops being readable. */
+static void timerfd_clear(actor_rt *rt) {
+  if (rt->tfd < 0 || rt->tfd_when == 0) return;
+  uint64_t n;
+  if (read(rt->tfd, &n, sizeof n) == (ssize_t)sizeof n) rt->tfd_when = -1; /* fired: re-arm */
+}
+
+int actor__poll_fd(actor_rt *rt) {
+  return rt->pfd >= 0 ? rt->pfd : rt->efd;
+}
+
+void actor__wake(actor_rt *rt) {
+  uint64_t one = 1;
+  ssize_t n = write(rt->efd, &one, sizeof one);
+  (void)n;
+}
+
 static int timer_gc(lua_State *L) {
   (void)L;
   return 0;
@@ -225,6 +262,7 @@ timer *actor__timer_new(actor_rt *rt, lua_State *L, double after, double period,
   t->period = period;
   t->seq = ++rt->timer_seq;
   if (heap_push(rt, t) != 0) luaL_error(L, "out of memory arming a timer");
+  if (!rt->in_step) timerfd_sync(rt); /* inside a step, its end re-arms */
   lua_pushvalue(L, fnidx);
   t->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, -1);
@@ -234,6 +272,7 @@ timer *actor__timer_new(actor_rt *rt, lua_State *L, double after, double period,
 
 void actor__timer_cancel(actor_rt *rt, timer *t) {
   heap_remove(rt, t);
+  if (!rt->in_step) timerfd_sync(rt);
   luaL_unref(rt->L, LUA_REGISTRYINDEX, t->cbref);
   luaL_unref(rt->L, LUA_REGISTRYINDEX, t->selfref);
   t->cbref = t->selfref = LUA_NOREF;
@@ -946,6 +985,7 @@ int actor__pending(actor_rt *rt) {
  * Returns the number of events handled. */
 int actor__step(actor_rt *rt, double timeout) {
   int events = 0;
+  rt->in_step++;
   run_ticks(rt);
   dispatch_all(rt);
   double wait = timeout;
@@ -976,8 +1016,10 @@ int actor__step(actor_rt *rt, double timeout) {
     (void)r;
     events += drain_inbox(rt);
   }
+  timerfd_clear(rt);
   events += fire_timers(rt);
   dispatch_all(rt);
+  if (--rt->in_step == 0) timerfd_sync(rt);
   return events;
 }
 
@@ -1043,6 +1085,22 @@ actor_rt *actor__rt_open(lua_State *L, int *err) {
   rt->id = atomic_fetch_add(&rt_counter, 1) + 1;
   rt->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (rt->efd < 0) { *err = errno; free(rt); return NULL; }
+  /* What hosts poll: one epoll descriptor over the eventfd and a timerfd.
+   * Without them (no such syscalls) actor.fd() falls back to the eventfd
+   * and hosts rely on actor.timeout() for timers. */
+  rt->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  rt->pfd = rt->tfd >= 0 ? epoll_create1(EPOLL_CLOEXEC) : -1;
+  if (rt->pfd >= 0) {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.fd = rt->efd;
+    int ok = epoll_ctl(rt->pfd, EPOLL_CTL_ADD, rt->efd, &ev) == 0;
+    ev.data.fd = rt->tfd;
+    ok = ok && epoll_ctl(rt->pfd, EPOLL_CTL_ADD, rt->tfd, &ev) == 0;
+    if (!ok) { close(rt->pfd); rt->pfd = -1; }
+  }
+  if (rt->pfd < 0 && rt->tfd >= 0) { close(rt->tfd); rt->tfd = -1; }
   pthread_mutex_init(&rt->inbox_mu, NULL);
   rt->grace = 2.0;
   rt->started_at = actor__now();
@@ -1166,6 +1224,8 @@ void actor__rt_close(actor_rt *rt) {
     free(j);
   }
   close(rt->efd);
+  if (rt->pfd >= 0) close(rt->pfd);
+  if (rt->tfd >= 0) close(rt->tfd);
   pthread_mutex_destroy(&rt->inbox_mu);
   free(rt);
 }

@@ -160,3 +160,21 @@ describe("a call where the runner cannot yield", function()
     assert.are.equal(1, runs)
   end)
 end)
+
+describe("misuse errors", function()
+  it("name the caller's line, from a runner and from the main chunk", function()
+    local errs = {}
+    local function try(f) local ok, e = pcall(f); assert(not ok); errs[#errs + 1] = e end
+    actor.run(function()
+      try(function() local r = actor.call("CPU", 42) return r end)
+      try(function() local r = msys.runInPool("CPU", 42) return r end)
+      try(function() local r = actor.cast("CPU", 42) return r end)
+      try(function() local r = actor.call("NOPE", print) return r end)
+    end)
+    try(function() local r = actor.call("CPU", 42) return r end)
+    assert.are.equal(5, #errs)
+    for _, e in ipairs(errs) do
+      assert.matches("^[^:]*runtime_spec%.lua:%d+: bad argument #%d to '%a+'", e)
+    end
+  end)
+end)

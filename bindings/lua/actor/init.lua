@@ -191,7 +191,8 @@ end)
 
 -- Frames between the user's call and the Lua implementation of call, cast
 -- and runInPool: their C fronts (bindings/lhot.c) call it. Error levels
--- below count that frame so messages still name the user's line.
+-- below count that frame so messages still name the user's line. (call_impl
+-- and cast_impl are tail-called, so they sit where the Lua function was.)
 local F = core.hot_setup and 1 or 0
 
 -- name or id -> id, name; pools are never removed, so this only grows.
@@ -232,10 +233,10 @@ end
 
 local function call_impl(fname, pool, opts, fn, label, ...)
   local r, where = context()
-  if not r and where ~= "main" then not_here(fname, 3 + F) end
+  if not r and where ~= "main" then not_here(fname, 2 + F) end
   local id, name = pool_of(fname, pool, 1)
   if type(fn) ~= "function" then
-    error(("bad argument #2 to '%s' (function expected, got %s)"):format(fname, type(fn)), 3 + F)
+    error(("bad argument #2 to '%s' (function expected, got %s)"):format(fname, type(fn)), 2 + F)
   end
   wait_room(id, r)
   local timeout = opts and opts.timeout or 0
@@ -291,7 +292,7 @@ local function cast_impl(fname, pool, opts, fn, label, ...)
   local r = context()
   local id = pool_of(fname, pool, 1)
   if type(fn) ~= "function" then
-    error(("bad argument #2 to '%s' (function expected, got %s)"):format(fname, type(fn)), 3 + F)
+    error(("bad argument #2 to '%s' (function expected, got %s)"):format(fname, type(fn)), 2 + F)
   end
   wait_room(id, r)
   local completion = opts and opts.completion
