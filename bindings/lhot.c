@@ -140,6 +140,19 @@ static void set_state(lua_State *L, int cfg, int r, int which) {
   lua_rawset(L, r);
 }
 
+/* Pushes the session table of the runner at r: tls_of[r], or what
+ * util.async's get_tls makes. Returns 0, or -1 (reported) on error. */
+static int push_session(lua_State *L, int cfg, int tls_of, int r) {
+  lua_pushvalue(L, r);
+  if (lua_rawget(L, tls_of) != LUA_TNIL) return 0;
+  lua_pop(L, 1);
+  lua_rawgeti(L, cfg, H_GET_TLS);
+  lua_pushvalue(L, r);
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK) return 0;
+  fprintf(stderr, "actor: session table for a runner: %s\n", lua_tostring(L, -1));
+  return -1;
+}
+
 /* Runs the completion at `base` with the nargs values above it in a pooled
  * runner. */
 static void run_completion(actor_rt *rt, job *j, int cfg, int base, int nargs) {
@@ -181,16 +194,7 @@ static void run_completion(actor_rt *rt, job *j, int cfg, int base, int nargs) {
     lua_pushnil(L);
     lua_rawset(L, tls_of);
   }
-  lua_pushvalue(L, r);
-  if (lua_rawget(L, tls_of) == LUA_TNIL) {
-    lua_pop(L, 1);
-    lua_rawgeti(L, cfg, H_GET_TLS);
-    lua_pushvalue(L, r);
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-      fprintf(stderr, "actor: session table for a completion: %s\n", lua_tostring(L, -1));
-      return;
-    }
-  }
+  if (push_session(L, cfg, tls_of, r) != 0) return;
   set_state(L, cfg, r, H_S_RUNNING);
   int raw;
   int at = swap_tls(L, cfg, &raw);
@@ -253,16 +257,7 @@ static void resume_caller(actor_rt *rt, int cfg, int base, int nargs) {
   int raw = 0, at = 0;
   if (has_r) {
     lua_rawgeti(L, cfg, H_TLS_OF);
-    lua_pushvalue(L, r);
-    if (lua_rawget(L, -2) == LUA_TNIL) {
-      lua_pop(L, 1);
-      lua_rawgeti(L, cfg, H_GET_TLS);
-      lua_pushvalue(L, r);
-      if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-        fprintf(stderr, "actor: session table for a runner: %s\n", lua_tostring(L, -1));
-        return;
-      }
-    }
+    if (push_session(L, cfg, lua_gettop(L), r) != 0) return;
     at = swap_tls(L, cfg, &raw);
   }
   if (!lua_checkstack(co, nargs + 1)) {
