@@ -163,7 +163,7 @@ static void run_completion(actor_rt *rt, job *j, int cfg, int base, int nargs) {
   if (nf > 0) {
     lua_rawgeti(L, freel, nf);
     lua_pushnil(L);
-    lua_rawseti(L, freel, nf--);
+    lua_rawseti(L, freel, nf);
   } else {
     lua_rawgeti(L, cfg, H_NEW_POOLED);
     lua_rawgeti(L, cfg, H_BODY);
@@ -215,9 +215,12 @@ static void run_completion(actor_rt *rt, job *j, int cfg, int base, int nargs) {
     lua_pop(co, nres);
     if (ready) {
       set_state(L, cfg, r, H_S_READY);
-      if (nf < MAX_FREE) {
+      /* the length again: the completion may have taken or returned
+       * runners meanwhile (a caller answered from inside it) */
+      lua_Integer n = (lua_Integer)lua_rawlen(L, freel);
+      if (n < MAX_FREE) {
         lua_pushvalue(L, r);
-        lua_rawseti(L, freel, nf + 1);
+        lua_rawseti(L, freel, n + 1);
       }
     } else if (wait) {
       lua_rawgeti(L, cfg, H_PARKED);
