@@ -34,7 +34,6 @@
 
 enum {
   CFG_RUNNER_OF = 1, /* weak table: thread -> runner */
-  CFG_TLS_OF,        /* weak table: runner -> session table */
   CFG_G,             /* the globals table that holds _TLS */
   CFG_GET_TLS,       /* get_tls(runner) -> session table (creates it) */
   CFG_CONTINUE,      /* continue(thread): util.async's generic resume */
@@ -46,6 +45,10 @@ enum {
   CFG_TLS_KEY,       /* the string "_TLS" */
   CFG_LAST = CFG_TLS_KEY
 };
+
+/* A runner keeps its session table in its own slot 1 (util.async's
+ * TLS_SLOT): one array access instead of a weak map lookup per resume. */
+#define TLS_SLOT 1
 
 #define F_WAITING 1
 #define F_MANY 2
@@ -79,34 +82,32 @@ static int resume_parked(lua_State *L) {
   lua_rawgeti(L, lua_upvalueindex(3), CFG_RUNNER_OF); /* 1 */
   lua_pushvalue(L, lua_upvalueindex(1));
   if (lua_rawget(L, 1) == LUA_TNIL) goto generic;     /* 2: runner */
-  lua_rawgeti(L, lua_upvalueindex(3), CFG_TLS_OF);    /* 3 */
-  lua_pushvalue(L, 2);
-  if (lua_rawget(L, 3) == LUA_TNIL) {                 /* 4: session table */
+  if (lua_rawgeti(L, 2, TLS_SLOT) == LUA_TNIL) {      /* 3: session table */
     lua_pop(L, 1);
     lua_rawgeti(L, lua_upvalueindex(3), CFG_GET_TLS);
     lua_pushvalue(L, 2);
     lua_call(L, 1, 1);
   }
-  lua_rawgeti(L, lua_upvalueindex(3), CFG_G);         /* 5: G */
-  lua_rawgeti(L, lua_upvalueindex(3), CFG_TLS_KEY);   /* 6: "_TLS" */
-  lua_pushvalue(L, 6);
-  /* 7: the previous _TLS. A raw access is the same as G._TLS while the key
+  lua_rawgeti(L, lua_upvalueindex(3), CFG_G);         /* 4: G */
+  lua_rawgeti(L, lua_upvalueindex(3), CFG_TLS_KEY);   /* 5: "_TLS" */
+  lua_pushvalue(L, 5);
+  /* 6: the previous _TLS. A raw access is the same as G._TLS while the key
    * is present (no metamethod is consulted then); otherwise go through
    * the metamethods as util.async's Lua code does. */
-  int raw = lua_rawget(L, 5) != LUA_TNIL;
+  int raw = lua_rawget(L, 4) != LUA_TNIL;
   if (!raw) {
     lua_pop(L, 1);
-    lua_pushvalue(L, 6);
-    lua_gettable(L, 5);
+    lua_pushvalue(L, 5);
+    lua_gettable(L, 4);
   }
-  lua_pushvalue(L, 6);
-  lua_pushvalue(L, 4);
-  if (raw) lua_rawset(L, 5); else lua_settable(L, 5);
+  lua_pushvalue(L, 5);
+  lua_pushvalue(L, 3);
+  if (raw) lua_rawset(L, 4); else lua_settable(L, 4);
   int nres = 0;
   int st = lua_resume(co, L, 0, &nres);
+  lua_pushvalue(L, 5);
   lua_pushvalue(L, 6);
-  lua_pushvalue(L, 7);
-  if (raw) lua_rawset(L, 5); else lua_settable(L, 5);
+  if (raw) lua_rawset(L, 4); else lua_settable(L, 4);
   if (st == LUA_YIELD || st == LUA_OK) {
     int ready = 0;
     if (st == LUA_YIELD && nres >= 1 && lua_type(co, -nres) == LUA_TSTRING) {
@@ -149,9 +150,8 @@ static int l_done(lua_State *L) {
 }
 
 static int l_wait(lua_State *L) {
-  lua_getupvalue(L, lua_upvalueindex(1), 2);
+  lua_getupvalue(L, lua_upvalueindex(1), 2); /* left on the stack: cleared below */
   lua_Integer v = lua_tointeger(L, -1);
-  lua_pop(L, 1);
   lua_Integer flags = v & 3;
   if ((v - flags) == 0) return 0; /* every done() already came */
   /* Where no yield is possible (a C call without continuation, such as a
@@ -170,37 +170,41 @@ static int l_wait(lua_State *L) {
 
 /* waiter(num, allow_many) -> wait, done */
 static int l_waiter(lua_State *L) {
-  lua_settop(L, 2);
-  if (lua_pushthread(L)) { /* 3: the calling thread */
+  /* read the arguments before pushing anything: either may be absent */
+  lua_Integer n = 1;
+  int wide = 0;
+  if (!lua_isnoneornil(L, 1)) {
+    int isint = 0;
+    n = lua_tointegerx(L, 1, &isint);
+    wide = !isint || lua_type(L, 1) != LUA_TNUMBER || n >= COUNT_LIMIT || n <= -COUNT_LIMIT;
+  }
+  int many = lua_toboolean(L, 2);
+  if (wide) lua_settop(L, 2);
+  if (lua_pushthread(L)) { /* the calling thread */
     cfg_get(L, 1, CFG_NOT_ASYNC);
     return lua_error(L);
   }
-  lua_Integer n = 1;
-  if (!lua_isnil(L, 1)) {
-    int isint = 0;
-    n = lua_tointegerx(L, 1, &isint);
-    if (!isint || lua_type(L, 1) != LUA_TNUMBER || n >= COUNT_LIMIT || n <= -COUNT_LIMIT) {
-      cfg_get(L, 1, CFG_WIDE);
-      lua_pushvalue(L, 3);
-      lua_pushvalue(L, 1);
-      lua_pushvalue(L, 2);
-      lua_call(L, 3, 2);
-      return 2;
-    }
+  if (wide) { /* 3: the thread */
+    cfg_get(L, 1, CFG_WIDE);
+    lua_pushvalue(L, 3);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_call(L, 3, 2);
+    return 2;
   }
-  lua_pushinteger(L, n * 4 + (lua_toboolean(L, 2) ? F_MANY : 0));
+  lua_pushinteger(L, n * 4 + (many ? F_MANY : 0));
   lua_pushvalue(L, lua_upvalueindex(1));
-  lua_pushcclosure(L, l_done, 3); /* 3: done (took the thread) */
-  lua_pushvalue(L, 3);
-  lua_pushcclosure(L, l_wait, 1); /* 4: wait */
-  lua_insert(L, 3);
+  lua_pushcclosure(L, l_done, 3); /* done (took the thread) */
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_wait, 1); /* wait */
+  lua_pushvalue(L, -2);           /* done again: return wait, done */
   return 2;
 }
 
-/* setup{ runner_of=, tls_of=, G=, get_tls=, continue=, after_ready=,
+/* setup{ runner_of=, G=, get_tls=, continue=, after_ready=,
  *        after_error=, waiter_wide=, not_async= } -> waiter */
 static int l_setup(lua_State *L) {
-  static const char *const names[] = {"runner_of", "tls_of", "G", "get_tls", "continue",
+  static const char *const names[] = {"runner_of", "G", "get_tls", "continue",
                                       "after_ready", "after_error", "waiter_wide", "not_async"};
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_createtable(L, CFG_LAST, 0);

@@ -47,9 +47,12 @@
 
 #include "rt.h"
 
+/* A runner keeps its session table in its own slot 1 (util.async's
+ * TLS_SLOT). */
+#define TLS_SLOT 1
+
 enum {
   H_RUNNER_OF = 1, /* weak table: thread -> runner */
-  H_TLS_OF,        /* weak table: runner -> session table */
   H_G,             /* the globals table that holds _TLS */
   H_GET_TLS,       /* get_tls(runner) -> session table (creates it) */
   H_AFTER_READY,   /* after_ready(runner): a parked item finished */
@@ -140,11 +143,10 @@ static void set_state(lua_State *L, int cfg, int r, int which) {
   lua_rawset(L, r);
 }
 
-/* Pushes the session table of the runner at r: tls_of[r], or what
+/* Pushes the session table of the runner at r: its slot TLS_SLOT, or what
  * util.async's get_tls makes. Returns 0, or -1 (reported) on error. */
-static int push_session(lua_State *L, int cfg, int tls_of, int r) {
-  lua_pushvalue(L, r);
-  if (lua_rawget(L, tls_of) != LUA_TNIL) return 0;
+static int push_session(lua_State *L, int cfg, int r) {
+  if (lua_rawgeti(L, r, TLS_SLOT) != LUA_TNIL) return 0;
   lua_pop(L, 1);
   lua_rawgeti(L, cfg, H_GET_TLS);
   lua_pushvalue(L, r);
@@ -183,18 +185,10 @@ static void run_completion(actor_rt *rt, job *j, int cfg, int base, int nargs) {
     return;
   }
   /* its session table: the caller's, or a fresh one */
-  lua_rawgeti(L, cfg, H_TLS_OF);
-  int tls_of = lua_gettop(L);
-  if (j->tlsref != LUA_NOREF) {
-    lua_pushvalue(L, r);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, j->tlsref);
-    lua_rawset(L, tls_of);
-  } else {
-    lua_pushvalue(L, r);
-    lua_pushnil(L);
-    lua_rawset(L, tls_of);
-  }
-  if (push_session(L, cfg, tls_of, r) != 0) return;
+  if (j->tlsref != LUA_NOREF) lua_rawgeti(L, LUA_REGISTRYINDEX, j->tlsref);
+  else lua_pushnil(L);
+  lua_rawseti(L, r, TLS_SLOT);
+  if (push_session(L, cfg, r) != 0) return;
   set_state(L, cfg, r, H_S_RUNNING);
   int raw;
   int at = swap_tls(L, cfg, &raw);
@@ -259,8 +253,7 @@ static void resume_caller(actor_rt *rt, int cfg, int base, int nargs) {
   int has_r = lua_istable(L, r);
   int raw = 0, at = 0;
   if (has_r) {
-    lua_rawgeti(L, cfg, H_TLS_OF);
-    if (push_session(L, cfg, lua_gettop(L), r) != 0) return;
+    if (push_session(L, cfg, r) != 0) return;
     at = swap_tls(L, cfg, &raw);
   }
   if (!lua_checkstack(co, nargs + 1)) {
@@ -459,11 +452,11 @@ static int front_call(lua_State *L) { return front(L, API_CALL); }
 static int front_cast(lua_State *L) { return front(L, API_CAST); }
 
 /* hot_setup(t, slow_runInPool, slow_call, slow_cast) -> runInPool, call, cast
- * t: { runner_of=, tls_of=, G=, get_tls=, after_ready=, after_error=,
+ * t: { runner_of=, G=, get_tls=, after_ready=, after_error=,
  *      new_pooled=, parked=, failed= } (util.async's, see _hot there).
  * Upvalue 1: the runtime's userdata. */
 int actor__hot_setup(lua_State *L) {
-  static const char *const names[] = {"runner_of", "tls_of", "G", "get_tls", "after_ready",
+  static const char *const names[] = {"runner_of", "G", "get_tls", "after_ready",
                                       "after_error", "new_pooled", "parked", "failed"};
   actor_rt **u = lua_touserdata(L, lua_upvalueindex(1));
   if (!u || !*u || (*u)->closed) return luaL_error(L, "the actor runtime is closed");

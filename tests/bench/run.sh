@@ -46,7 +46,8 @@ sync_rtt_us                 nng_pair1_rtt_us        lower    <=1.25   (c) sequen
 sync_rtt_us                 condvar_rtt_us          lower    -        (c) the same, vs the condvar floor
 async_c_cycle_ratio         -                       lower    <=3      (d) wait/done cycle / bare resume+yield (same run)
 async_c_create_run_ratio    -                       lower    <=10     (d) create+run / bare create+resume (same run)
-async_c_parked_bytes        -                       lower    <=1536   (d) memory per parked runner
+async_c_parked_bytes        -                       lower    <=1536   (d) memory per parked runner (each with its own closure)
+async_c_parked_shared_bytes -                       lower    <=1536   (d) memory per parked runner (one shared function)
 cpu_speedup_2t              -                       higher   >=1.8    (e) 2 threads vs 1 (0.9 x threads)
 parked_caller_rss_bytes     -                       lower    <=4096   (f) peak RSS per parked caller
 nng_pair1_rtt_us            condvar_rtt_us          lower    -        baseline: raw nng vs condvar floor

@@ -76,8 +76,13 @@ end
 
 -- thread -> runner that owns it (weak keys: a dead thread is forgotten).
 local runner_of = setmetatable({}, { __mode = "k" })
--- runner -> its session table (_TLS while its coroutine runs).
-local tls_of = setmetatable({}, { __mode = "k" })
+-- A runner's session table (_TLS while its coroutine runs) lives in the
+-- runner's own slot 1: resuming a runner then costs one array access
+-- instead of a lookup in a weak map, and a runner is about 20 bytes
+-- smaller (an array slot instead of a map entry). Prosody's runner fields
+-- are all named, so the slot is free. bindings/lasync.c and
+-- bindings/lhot.c read it too.
+local TLS_SLOT = 1
 local tls_factory = nil
 -- runner -> function used to resume it from next_tick (made once per runner).
 local tick_fn_of = setmetatable({}, { __mode = "k" })
@@ -91,11 +96,11 @@ local waiting_runners = {}
 local fs_r, fs_i, fs_n = {}, {}, 0
 
 local function get_tls(r)
-  local t = tls_of[r]
+  local t = rawget(r, TLS_SLOT)
   if t == nil then
     if tls_factory then t = tls_factory(r) end
     if t == nil then t = {} end
-    tls_of[r] = t
+    rawset(r, TLS_SLOT, t)
   end
   return t
 end
@@ -243,7 +248,7 @@ local function run(self, input)
     self.thread = thread
   end
 
-  local tls = tls_of[self] or get_tls(self)
+  local tls = rawget(self, TLS_SLOT) or get_tls(self)
   local n, err = 0, nil
   self.state = "running"
 
@@ -363,7 +368,7 @@ local function continue(thread)
   local ok, state
   if r ~= nil then
     local prev = G._TLS
-    G._TLS = tls_of[r] or get_tls(r)
+    G._TLS = rawget(r, TLS_SLOT) or get_tls(r)
     ok, state = co_resume(thread)
     G._TLS = prev
   else
@@ -481,7 +486,7 @@ do
   end
   if ok and type(core) == "table" and core.setup then
     waiter = core.setup {
-      runner_of = runner_of, tls_of = tls_of, G = G, get_tls = get_tls,
+      runner_of = runner_of, G = G, get_tls = get_tls,
       continue = continue, after_ready = after_ready, after_error = after_error,
       waiter_wide = waiter_wide, not_async = NOT_ASYNC,
     }
@@ -606,7 +611,7 @@ M._runner_of = find_runner
 M._tls_of = get_tls
 
 -- _set_tls(runner, t): gives the runner `t` as its session table.
-function M._set_tls(r, t) tls_of[r] = t end
+function M._set_tls(r, t) rawset(r, TLS_SLOT, t) end
 
 -- _set_tls_factory(f): f(runner) makes a runner's session table (nil: {}).
 function M._set_tls_factory(f) tls_factory = f end
@@ -634,7 +639,7 @@ end
 -- after an item finished, parked or raised.
 function M._hot()
   return {
-    runner_of = runner_of, tls_of = tls_of, G = G, get_tls = get_tls,
+    runner_of = runner_of, G = G, get_tls = get_tls,
     after_ready = after_ready, after_error = after_error,
     -- attach(r, body): r's thread becomes a coroutine running body
     attach = function(r, body)
