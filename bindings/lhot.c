@@ -155,6 +155,36 @@ static int push_session(lua_State *L, int cfg, int r) {
   return -1;
 }
 
+/* Resumes co with copies of the n values from index `first`; with
+ * `session`, G._TLS is the session table on top of L (popped) while co
+ * runs. Returns lua_resume's status, or -1 (reported) when co has no room
+ * for the values. */
+static int resume_with(lua_State *L, int cfg, lua_State *co, int session, int first, int n, int *nres) {
+  int raw = 0, at = 0;
+  if (session) at = swap_tls(L, cfg, &raw);
+  int st = -1;
+  if (lua_checkstack(co, n + 1)) {
+    for (int i = 0; i < n; i++) lua_pushvalue(L, first + i);
+    lua_xmove(L, co, n);
+    st = lua_resume(co, L, n, nres);
+  } else {
+    fprintf(stderr, "actor: no stack to resume a runner with %d values; dropped\n", n);
+  }
+  if (session) restore_tls(L, cfg, at, raw);
+  return st;
+}
+
+/* Hands the error on top of co to util.async's helper `which`, called as
+ * which(runner, thread, err). */
+static void hand_error(actor_rt *rt, int cfg, int which, int r, int thread, lua_State *co) {
+  lua_State *L = rt->L;
+  lua_rawgeti(L, cfg, which);
+  lua_pushvalue(L, r);
+  lua_pushvalue(L, thread);
+  lua_xmove(co, L, 1);
+  actor__call_protected(rt, 3, "runner");
+}
+
 /* Runs the completion at `base` with the nargs values above it in a pooled
  * runner. */
 static void run_completion(actor_rt *rt, job *j, int cfg, int base, int nargs) {
@@ -190,20 +220,11 @@ static void run_completion(actor_rt *rt, job *j, int cfg, int base, int nargs) {
   lua_rawseti(L, r, TLS_SLOT);
   if (push_session(L, cfg, r) != 0) return;
   set_state(L, cfg, r, H_S_RUNNING);
-  int raw;
-  int at = swap_tls(L, cfg, &raw);
-  if (!lua_checkstack(co, nargs + 2)) {
-    restore_tls(L, cfg, at, raw);
-    set_state(L, cfg, r, H_S_READY);
-    fprintf(stderr, "actor: no stack for a completion's arguments; dropped\n");
-    return;
-  }
-  for (int i = 0; i <= nargs; i++) lua_pushvalue(L, base + i);
-  lua_xmove(L, co, nargs + 1);
   int nres = 0;
-  int st = lua_resume(co, L, nargs + 1, &nres);
-  restore_tls(L, cfg, at, raw);
-  if (st == LUA_YIELD) {
+  int st = resume_with(L, cfg, co, 1, base, nargs + 1, &nres);
+  if (st < 0) {
+    set_state(L, cfg, r, H_S_READY);
+  } else if (st == LUA_YIELD) {
     int ready = yielded(co, nres, "ready", 5);
     int wait = !ready && yielded(co, nres, "wait", 4);
     lua_pop(co, nres);
@@ -229,11 +250,7 @@ static void run_completion(actor_rt *rt, job *j, int cfg, int base, int nargs) {
     lua_pop(co, nres);
     set_state(L, cfg, r, H_S_READY);
   } else {
-    lua_rawgeti(L, cfg, H_FAILED);
-    lua_pushvalue(L, r);
-    lua_pushvalue(L, coidx);
-    lua_xmove(co, L, 1);
-    actor__call_protected(rt, 3, "runner");
+    hand_error(rt, cfg, H_FAILED, r, coidx, co);
   }
 }
 
@@ -251,21 +268,10 @@ static void resume_caller(actor_rt *rt, int cfg, int base, int nargs) {
   lua_rawget(L, -2);
   int r = lua_gettop(L);
   int has_r = lua_istable(L, r);
-  int raw = 0, at = 0;
-  if (has_r) {
-    if (push_session(L, cfg, r) != 0) return;
-    at = swap_tls(L, cfg, &raw);
-  }
-  if (!lua_checkstack(co, nargs + 1)) {
-    if (has_r) restore_tls(L, cfg, at, raw);
-    fprintf(stderr, "actor: no stack for a reply; dropped\n");
-    return;
-  }
-  for (int i = 1; i <= nargs; i++) lua_pushvalue(L, base + i);
-  lua_xmove(L, co, nargs);
+  if (has_r && push_session(L, cfg, r) != 0) return;
   int nres = 0;
-  int st = lua_resume(co, L, nargs, &nres);
-  if (has_r) restore_tls(L, cfg, at, raw);
+  int st = resume_with(L, cfg, co, has_r, base + 1, nargs, &nres);
+  if (st < 0) return;
   if (st == LUA_YIELD || st == LUA_OK) {
     int ready = yielded(co, nres, "ready", 5);
     lua_pop(co, nres);
@@ -275,11 +281,7 @@ static void resume_caller(actor_rt *rt, int cfg, int base, int nargs) {
       actor__call_protected(rt, 1, "runner");
     }
   } else {
-    lua_rawgeti(L, cfg, H_AFTER_ERROR);
-    lua_pushvalue(L, r);
-    lua_pushvalue(L, base);
-    lua_xmove(co, L, 1);
-    actor__call_protected(rt, 3, "runner");
+    hand_error(rt, cfg, H_AFTER_ERROR, r, base, co);
   }
 }
 

@@ -85,11 +85,7 @@ static void inbox_cb(void *arg) {
     fprintf(stderr, "actor: out of memory queueing a reply; reply lost\n");
     nng_msg_free(m);
   }
-  if (wake) {
-    uint64_t one = 1;
-    ssize_t n = write(rt->efd, &one, sizeof one);
-    (void)n;
-  }
+  if (wake) actor__wake(rt);
   nng_recv_aio(w->ssock, w->raio);
 }
 
@@ -106,11 +102,7 @@ int actor__post(actor_rt *rt, actor_post_fn fn, void *ud) {
   rt->posts_tail = it;
   if (!rt->inbox_signaled) rt->inbox_signaled = wake = 1;
   pthread_mutex_unlock(&rt->inbox_mu);
-  if (wake) {
-    uint64_t one = 1;
-    ssize_t n = write(rt->efd, &one, sizeof one);
-    (void)n;
-  }
+  if (wake) actor__wake(rt);
   return 0;
 }
 

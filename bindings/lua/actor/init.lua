@@ -433,9 +433,8 @@ if core.hot_setup and async._hot then
     attach(r, body)
     return r
   end
-  M.call, M.cast, msys.runInPool = (function(rip, call, cast)
-    return call, cast, rip
-  end)(core.hot_setup(h, msys.runInPool, M.call, M.cast))
+  local run_in_pool, call, cast = core.hot_setup(h, msys.runInPool, M.call, M.cast)
+  msys.runInPool, M.call, M.cast = run_in_pool, call, cast
 else
   F = 0
 end
